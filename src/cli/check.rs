@@ -1,0 +1,193 @@
+//! `votegate check`: for installers. Validates the config and probes every part the daemon
+//! needs, one line per check, and exits 0 only if all pass. It never opens the journal, so it is
+//! safe to run while the daemon is running.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::clock::kernel_sync_state;
+use crate::config::units::format_size;
+use crate::config::Config;
+
+use super::EXIT_FAILED;
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Short name of the part checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was found, or what is wrong and what to do.
+    pub detail: String,
+}
+
+impl Probe {
+    fn pass(name: &'static str, detail: String) -> Probe {
+        Probe {
+            name,
+            passed: true,
+            detail,
+        }
+    }
+
+    fn fail(name: &'static str, detail: String) -> Probe {
+        Probe {
+            name,
+            passed: false,
+            detail,
+        }
+    }
+}
+
+/// Runs every check for the config at `path` and prints the report.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let probes = run_probes(&config);
+    let mut out = std::io::stdout().lock();
+    for probe in &probes {
+        let status = if probe.passed { "ok" } else { "FAIL" };
+        writeln!(out, "{status:<5} {:<10} {}", probe.name, probe.detail)?;
+    }
+    let failed = probes.iter().filter(|p| !p.passed).count();
+    if failed == 0 {
+        writeln!(out, "all {} checks passed", probes.len())?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(out, "{failed} of {} checks failed", probes.len())?;
+        Ok(ExitCode::from(EXIT_FAILED))
+    }
+}
+
+/// The checks, in the order an installer would fix them.
+pub fn run_probes(config: &Config) -> Vec<Probe> {
+    vec![config_probe(config), data_dir_probe(config), clock_probe()]
+}
+
+fn config_probe(config: &Config) -> Probe {
+    let kinds: Vec<String> = config
+        .terminals
+        .iter()
+        .map(|t| format!("{} ({})", t.id, t.source.kind()))
+        .collect();
+    Probe::pass(
+        "config",
+        format!(
+            "{}: gateway {:?}, site {:?}, time zone {}, terminals: {}",
+            config.path.display(),
+            config.gateway_id,
+            config.site,
+            config.time_zone.name,
+            kinds.join(", ")
+        ),
+    )
+}
+
+fn data_dir_probe(config: &Config) -> Probe {
+    let dir = &config.data_dir;
+    if let Err(err) = std::fs::create_dir_all(dir) {
+        return Probe::fail(
+            "data-dir",
+            format!("cannot create {}: {err}", dir.display()),
+        );
+    }
+    if let Err(err) = write_probe_file(dir) {
+        return Probe::fail(
+            "data-dir",
+            format!(
+                "{} is not writable: {err} (the daemon's user must own it)",
+                dir.display()
+            ),
+        );
+    }
+    let used = journal_bytes(dir);
+    let bound = config.journal.max_disk_bytes;
+    match free_bytes(dir) {
+        Ok(free) if free + used < bound => Probe::fail(
+            "data-dir",
+            format!(
+                "{}: only {} free, but the journal may grow to {} (journal.max-disk-size); free space or lower the bound",
+                dir.display(),
+                format_size(free),
+                format_size(bound)
+            ),
+        ),
+        Ok(free) => Probe::pass(
+            "data-dir",
+            format!(
+                "{}: writable, {} free, journal uses {} of its {} bound",
+                dir.display(),
+                format_size(free),
+                format_size(used),
+                format_size(bound)
+            ),
+        ),
+        Err(err) => Probe::fail("data-dir", format!("cannot read free space of {}: {err}", dir.display())),
+    }
+}
+
+fn clock_probe() -> Probe {
+    let state = kernel_sync_state();
+    if state.synced {
+        Probe::pass(
+            "clock",
+            format!(
+                "system clock is NTP-synchronised (max error {} ms)",
+                state.maxerror_us / 1000
+            ),
+        )
+    } else {
+        Probe::fail(
+            "clock",
+            format!(
+                "system clock is not NTP-synchronised (adjtimex state {}, STA_UNSYNC {}, max error {} s): \
+                 votes are stamped clock_synced=false until it is; enable systemd-timesyncd or chrony and check `timedatectl`",
+                state.state,
+                state.sta_unsync,
+                state.maxerror_us / 1_000_000
+            ),
+        )
+    }
+}
+
+/// Creates, fsyncs and removes a small file, as the journal would.
+fn write_probe_file(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".votegate-check-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(b"votegate check\n")?;
+        file.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    result.and(removed)
+}
+
+/// Bytes already taken by the journal's files (sled keeps them flat, plus `blobs/`).
+fn journal_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    // SAFETY: an all-zero statvfs is valid and `statvfs` only writes into it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is writable.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between 32- and 64-bit targets
+    Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}

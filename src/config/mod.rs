@@ -1,0 +1,596 @@
+//! The gateway's configuration: a TOML file, read strictly.
+//!
+//! Loading happens in two steps, as in ntpd-rs: [`raw`] deserialises the file into structs that
+//! mirror it (unknown keys are errors), then [`Config::from_toml`] validates every value into the
+//! typed settings the daemon uses. Every error names the file, the key (as a dotted path such as
+//! `journal.when-full`) and, where it can, the line. Relative paths are relative to the config
+//! file's folder.
+
+mod raw;
+pub mod units;
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::journal::{Limits, WhenFull, MIN_DISK_BYTES};
+use crate::model::{validate_id, TerminalId};
+use raw::{RawConfig, RawTerminal, SizeValue};
+
+/// Where `votegate run` and `votegate check` look without `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/votegate/votegate.toml";
+/// The journal's folder when the config does not say.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/votegate";
+/// The anti-abuse interval when the config does not say: see README § Press filter.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest `min-interval` accepted; longer would hide real customers.
+const MAX_MIN_INTERVAL: Duration = Duration::from_secs(3600);
+/// The fastest simulated terminal: 100 presses a second.
+const MAX_PRESSES_PER_MINUTE: f64 = 6000.0;
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but a value is missing, malformed or invalid.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value, when known.
+        line: Option<usize>,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// This gateway's id: part of every vote's global id `(gateway_id, seq)`.
+    pub gateway_id: String,
+    /// The site (store) this gateway serves.
+    pub site: String,
+    /// The journal's folder.
+    pub data_dir: PathBuf,
+    /// The site's time zone (for "today" in the tallies).
+    pub time_zone: TimeZoneSetting,
+    /// Log level (the `VOTEGATE_LOG` environment variable overrides it).
+    pub log_level: log::LevelFilter,
+    /// Journal size limits and cache.
+    pub journal: Limits,
+    /// The terminals, in file order.
+    pub terminals: Vec<TerminalConfig>,
+}
+
+/// A validated IANA time zone.
+#[derive(Debug, Clone)]
+pub struct TimeZoneSetting {
+    /// The name as configured (or the system's), e.g. `Europe/Berlin`.
+    pub name: String,
+    /// The zone's rules.
+    pub zone: jiff::tz::TimeZone,
+}
+
+/// One terminal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminalConfig {
+    /// Its id, as it appears in votes, tallies and URLs.
+    pub id: TerminalId,
+    /// Presses closer together than this (after a counted press) are journaled as filtered.
+    pub min_interval: Duration,
+    /// Where its presses come from.
+    pub source: SourceConfig,
+}
+
+/// The kind of a terminal and the settings that kind needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// Random presses for demos and tests (`kind = "simulated"`).
+    Simulated {
+        /// Mean press rate; presses arrive as a Poisson process.
+        presses_per_minute: f64,
+    },
+}
+
+impl SourceConfig {
+    /// The `kind` value that selects this source.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Simulated { .. } => "simulated",
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Validates config text; `path` names the file in errors and anchors relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let doc = Document { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| doc.toml_error(&err))?;
+        doc.validate(raw)
+    }
+}
+
+/// The file being validated: turns spans into line numbers for error messages.
+struct Document<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Document<'_> {
+    fn error(&self, line: Option<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            message,
+        }
+    }
+
+    /// An error about the value of `key`, located at the value's span.
+    fn invalid<T>(&self, key: &str, value: &Spanned<T>, problem: impl Display) -> ConfigError {
+        self.error(
+            Some(line_of(self.text, value.span().start)),
+            format!("key `{key}`: {problem}"),
+        )
+    }
+
+    /// Rewrites a TOML/serde error so that it names the key path and line.
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let message = err.message();
+        let Some(span) = err.span() else {
+            return self.error(None, message.to_string());
+        };
+        let table = table_at(self.text, span.start);
+        let qualify = |key: &str| match &table {
+            Some(table) => format!("{table}.{key}"),
+            None => key.to_string(),
+        };
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some((key, expected)) = rest.split_once('`') {
+                let expected = expected.trim_start_matches(',').trim();
+                return self.error(
+                    Some(line_of(self.text, span.start)),
+                    format!("unknown key `{}`, {expected}", qualify(key)),
+                );
+            }
+        }
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let key = rest.trim_end_matches('`');
+            let line = table.as_ref().map(|_| line_of(self.text, span.start));
+            let place = match &table {
+                Some(table) => format!("in [{table}]"),
+                None => "at the top level".to_string(),
+            };
+            return self.error(line, format!("missing key `{}` {place}", qualify(key)));
+        }
+        let line = line_of(self.text, span.start);
+        match key_on_line(self.text, span.start) {
+            Some(key) => self.error(Some(line), format!("key `{}`: {message}", qualify(&key))),
+            None => self.error(Some(line), message.to_string()),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let gateway_id = self.id("gateway-id", &raw.gateway_id)?;
+        let site = self.id("site", &raw.site)?;
+        let data_dir = match &raw.data_dir {
+            Some(dir) if dir.get_ref().trim().is_empty() => {
+                return Err(self.invalid("data-dir", dir, "must not be empty"))
+            }
+            Some(dir) => self.resolve_path(dir.get_ref()),
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+        let time_zone = self.time_zone(raw.time_zone.as_ref())?;
+        let log_level = match &raw.log_level {
+            Some(level) => level.get_ref().parse().map_err(|_| {
+                self.invalid(
+                    "log-level",
+                    level,
+                    format!(
+                        "expected one of \"error\", \"warn\", \"info\", \"debug\", \"trace\", found {:?}",
+                        level.get_ref()
+                    ),
+                )
+            })?,
+            None => log::LevelFilter::Info,
+        };
+        let journal = self.journal(&raw.journal)?;
+        let default_interval = match &raw.filter.min_interval {
+            Some(value) => self.min_interval("filter.min-interval", value)?,
+            None => DEFAULT_MIN_INTERVAL,
+        };
+        let terminals = self.terminals(&raw.terminal, default_interval)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            gateway_id,
+            site,
+            data_dir,
+            time_zone,
+            log_level,
+            journal,
+            terminals,
+        })
+    }
+
+    fn id(&self, key: &str, value: &Spanned<String>) -> Result<String, ConfigError> {
+        validate_id(value.get_ref()).map_err(|problem| {
+            self.invalid(key, value, format!("{:?} {problem}", value.get_ref()))
+        })?;
+        Ok(value.get_ref().clone())
+    }
+
+    fn resolve_path(&self, value: &str) -> PathBuf {
+        let path = Path::new(value);
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.path.parent() {
+            Some(folder) => folder.join(path),
+            None => path.to_path_buf(),
+        }
+    }
+
+    fn time_zone(&self, value: Option<&Spanned<String>>) -> Result<TimeZoneSetting, ConfigError> {
+        let Some(value) = value else {
+            let zone = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+            let name = zone.iana_name().unwrap_or("UTC").to_string();
+            return Ok(TimeZoneSetting { name, zone });
+        };
+        let zone = jiff::tz::TimeZone::get(value.get_ref()).map_err(|_| {
+            self.invalid(
+                "time-zone",
+                value,
+                format!(
+                    "{:?} is not a known IANA time zone (like \"Europe/Berlin\"; see `timedatectl list-timezones`)",
+                    value.get_ref()
+                ),
+            )
+        })?;
+        Ok(TimeZoneSetting {
+            name: value.get_ref().clone(),
+            zone,
+        })
+    }
+
+    fn journal(&self, raw: &raw::RawJournal) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let max_disk_bytes = match &raw.max_disk_size {
+            Some(value) => self.size("journal.max-disk-size", value)?,
+            None => defaults.max_disk_bytes,
+        };
+        if let Some(value) = &raw.max_disk_size {
+            if max_disk_bytes < MIN_DISK_BYTES {
+                return Err(self.invalid(
+                    "journal.max-disk-size",
+                    value,
+                    format!("must be at least {}", units::format_size(MIN_DISK_BYTES)),
+                ));
+            }
+        }
+        let when_full = match &raw.when_full {
+            Some(value) => match value.get_ref().as_str() {
+                "drop-oldest" => WhenFull::DropOldest,
+                "reject-new" => WhenFull::RejectNew,
+                other => {
+                    return Err(self.invalid(
+                        "journal.when-full",
+                        value,
+                        format!("expected \"drop-oldest\" or \"reject-new\", found {other:?}"),
+                    ))
+                }
+            },
+            None => defaults.when_full,
+        };
+        let cache_bytes = match &raw.cache_size {
+            Some(value) => {
+                let bytes = self.size("journal.cache-size", value)?;
+                if bytes < 1024 * 1024 {
+                    return Err(self.invalid(
+                        "journal.cache-size",
+                        value,
+                        "must be at least 1 MiB",
+                    ));
+                }
+                bytes
+            }
+            None => defaults.cache_bytes,
+        };
+        Ok(Limits {
+            max_disk_bytes,
+            when_full,
+            cache_bytes,
+        })
+    }
+
+    fn size(&self, key: &str, value: &Spanned<SizeValue>) -> Result<u64, ConfigError> {
+        match value.get_ref() {
+            SizeValue::Bytes(bytes) => Ok(*bytes),
+            SizeValue::Text(text) => {
+                units::parse_size(text).map_err(|problem| self.invalid(key, value, problem))
+            }
+        }
+    }
+
+    fn min_interval(&self, key: &str, value: &Spanned<String>) -> Result<Duration, ConfigError> {
+        let interval = units::parse_duration(value.get_ref())
+            .map_err(|problem| self.invalid(key, value, problem))?;
+        if interval > MAX_MIN_INTERVAL {
+            return Err(self.invalid(key, value, "must be at most 1h"));
+        }
+        Ok(interval)
+    }
+
+    fn terminals(
+        &self,
+        raw: &[Spanned<RawTerminal>],
+        default_interval: Duration,
+    ) -> Result<Vec<TerminalConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.error(
+                None,
+                "no terminals: add at least one [[terminal]] table (see examples/)".to_string(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut terminals = Vec::with_capacity(raw.len());
+        for table in raw {
+            let terminal = self.terminal(table.get_ref(), default_interval)?;
+            if !seen.insert(terminal.id.clone()) {
+                return Err(self.invalid(
+                    "terminal.id",
+                    &table.get_ref().id,
+                    format!(
+                        "{:?} is used by another terminal; ids must be unique",
+                        terminal.id.as_str()
+                    ),
+                ));
+            }
+            terminals.push(terminal);
+        }
+        Ok(terminals)
+    }
+
+    fn terminal(
+        &self,
+        raw: &RawTerminal,
+        default_interval: Duration,
+    ) -> Result<TerminalConfig, ConfigError> {
+        let id = TerminalId::new(raw.id.get_ref()).map_err(|problem| {
+            self.invalid(
+                "terminal.id",
+                &raw.id,
+                format!("{:?} {problem}", raw.id.get_ref()),
+            )
+        })?;
+        let min_interval = match &raw.min_interval {
+            Some(value) => self.min_interval("terminal.min-interval", value)?,
+            None => default_interval,
+        };
+        let source = match raw.kind.get_ref().as_str() {
+            "simulated" => self.simulated(raw)?,
+            other => {
+                return Err(self.invalid(
+                    "terminal.kind",
+                    &raw.kind,
+                    format!("expected \"simulated\", found {other:?}"),
+                ))
+            }
+        };
+        Ok(TerminalConfig {
+            id,
+            min_interval,
+            source,
+        })
+    }
+
+    fn simulated(&self, raw: &RawTerminal) -> Result<SourceConfig, ConfigError> {
+        let Some(rate) = &raw.presses_per_minute else {
+            return Err(self.invalid(
+                "terminal.presses-per-minute",
+                &raw.kind,
+                "is required for kind = \"simulated\"",
+            ));
+        };
+        let presses_per_minute = *rate.get_ref();
+        if !(presses_per_minute > 0.0 && presses_per_minute <= MAX_PRESSES_PER_MINUTE) {
+            return Err(self.invalid(
+                "terminal.presses-per-minute",
+                rate,
+                format!("must be above 0 and at most {MAX_PRESSES_PER_MINUTE}, found {presses_per_minute}"),
+            ));
+        }
+        Ok(SourceConfig::Simulated { presses_per_minute })
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line that holds a byte offset.
+fn line_text(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    &text[start..end]
+}
+
+/// The name of the `[table]` or `[[table]]` whose body holds `offset` (its header included).
+fn table_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    text[..line_end]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|header| {
+            header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+}
+
+/// The key assigned on the line that holds `offset`, if that line is `key = value`.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let line = line_text(text, offset).trim();
+    if line.starts_with('[') || line.starts_with('#') {
+        return None;
+    }
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"').trim_matches('\'');
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+gateway-id = "gw-1"
+site = "store-042"
+time-zone = "Europe/Berlin"
+
+[[terminal]]
+id = "entrance"
+kind = "simulated"
+presses-per-minute = 6
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/etc/votegate/votegate.toml"), text)
+    }
+
+    fn error(text: &str) -> String {
+        match load(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_documented_defaults() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(config.gateway_id, "gw-1");
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.time_zone.name, "Europe/Berlin");
+        assert_eq!(config.journal, Limits::default());
+        assert_eq!(config.log_level, log::LevelFilter::Info);
+        assert_eq!(config.terminals.len(), 1);
+        assert_eq!(config.terminals[0].min_interval, DEFAULT_MIN_INTERVAL);
+        assert_eq!(
+            config.terminals[0].source,
+            SourceConfig::Simulated {
+                presses_per_minute: 6.0
+            }
+        );
+    }
+
+    #[test]
+    fn relative_data_dir_is_relative_to_the_config_file() {
+        let text = MINIMAL.replace("site =", "data-dir = \"state/journal\"\nsite =");
+        let config = load(&text).expect("valid");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/etc/votegate/state/journal")
+        );
+    }
+
+    #[test]
+    fn per_terminal_min_interval_overrides_the_filter_default() {
+        let text = format!("{MINIMAL}min-interval = \"500ms\"\n").replace(
+            "[[terminal]]",
+            "[filter]\nmin-interval = \"3s\"\n\n[[terminal]]",
+        );
+        let config = load(&text).expect("valid");
+        assert_eq!(config.terminals[0].min_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_name_their_table_and_line() {
+        let text = MINIMAL.replace(
+            "[[terminal]]",
+            "[journal]\nmax-size = \"1 GiB\"\n\n[[terminal]]",
+        );
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 7: unknown key `journal.max-size`, expected one of `max-disk-size`, `when-full`, `cache-size`"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_line() {
+        let text = MINIMAL.replace("presses-per-minute = 6", "presses-per-minute = -1");
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 9: key `terminal.presses-per-minute`: must be above 0 and at most 6000, found -1"
+        );
+        let text = MINIMAL.replace("presses-per-minute = 6", "presses-per-minute = \"fast\"");
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 9: key `terminal.presses-per-minute`: invalid type: string \"fast\", expected f64"
+        );
+    }
+
+    #[test]
+    fn missing_top_level_keys_are_named() {
+        let text = MINIMAL.replace("site = \"store-042\"\n", "");
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml: missing key `site` at the top level"
+        );
+    }
+
+    #[test]
+    fn duplicate_terminal_ids_point_at_the_second() {
+        let text = format!("{MINIMAL}\n[[terminal]]\nid = \"entrance\"\nkind = \"simulated\"\npresses-per-minute = 1\n");
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 12: key `terminal.id`: \"entrance\" is used by another terminal; ids must be unique"
+        );
+    }
+
+    #[test]
+    fn line_helpers_find_tables_and_keys() {
+        let text = "a = 1\n[journal]\nwhen-full = \"x\"\n";
+        assert_eq!(line_of(text, 0), 1);
+        assert_eq!(line_of(text, text.find("when").unwrap_or(0)), 3);
+        assert_eq!(table_at(text, 2), None);
+        assert_eq!(table_at(text, text.len() - 2).as_deref(), Some("journal"));
+        assert_eq!(
+            key_on_line(text, text.len() - 2).as_deref(),
+            Some("when-full")
+        );
+    }
+}

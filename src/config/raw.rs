@@ -1,0 +1,55 @@
+//! The config file as written: serde structs that mirror the TOML one to one. Every struct
+//! denies unknown keys; values that validation may reject are `Spanned` so that the error can
+//! name their line. Nothing here decides what a value means: see `super::validate`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawConfig {
+    pub gateway_id: Spanned<String>,
+    pub site: Spanned<String>,
+    pub data_dir: Option<Spanned<String>>,
+    pub time_zone: Option<Spanned<String>>,
+    pub log_level: Option<Spanned<String>>,
+    #[serde(default)]
+    pub journal: RawJournal,
+    #[serde(default)]
+    pub filter: RawFilter,
+    #[serde(default)]
+    pub terminal: Vec<Spanned<RawTerminal>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawJournal {
+    pub max_disk_size: Option<Spanned<SizeValue>>,
+    pub when_full: Option<Spanned<String>>,
+    pub cache_size: Option<Spanned<SizeValue>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawFilter {
+    pub min_interval: Option<Spanned<String>>,
+}
+
+/// One `[[terminal]]` table. All kinds share one struct (rather than a serde-tagged enum, which
+/// would lose the spans); validation rejects keys that do not belong to the terminal's kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawTerminal {
+    pub id: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub min_interval: Option<Spanned<String>>,
+    pub presses_per_minute: Option<Spanned<f64>>,
+}
+
+/// A size written either as a number of bytes or as text with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}

@@ -1,0 +1,187 @@
+//! The journal's storage: the only file that imports sled.
+//!
+//! sled 0.34's `flush()` ends with `sync_file_range`, which pushes the data to the device but
+//! neither flushes the device's write cache (an SD card's) nor the file's metadata (sled issue
+//! 1452). [`Store::make_durable`] therefore follows every flush with `fsync` of sled's log file
+//! and of the folder (snapshots are written by rename). sled's own periodic flusher is turned off:
+//! the journal decides when data must be durable, and nothing else writes in between.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A storage failure, as text: sled's error type stays inside this file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct StoreError {
+    /// What failed, with the OS error where there is one.
+    pub detail: String,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(err: sled::Error) -> StoreError {
+        StoreError {
+            detail: err.to_string(),
+        }
+    }
+}
+
+impl StoreError {
+    fn io(what: &str, path: &Path, err: std::io::Error) -> StoreError {
+        StoreError {
+            detail: format!("{what} {}: {err}", path.display()),
+        }
+    }
+}
+
+fn sync_file(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|err| StoreError::io("cannot fsync", path, err))
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Writes collected for one atomic apply.
+#[derive(Default)]
+pub struct WriteBatch {
+    batch: sled::Batch,
+    ops: usize,
+}
+
+impl WriteBatch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.insert(key, value);
+        self.ops += 1;
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.batch.remove(key);
+        self.ops += 1;
+    }
+
+    /// Number of writes collected.
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+
+    /// Whether nothing was collected.
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+}
+
+/// An open sled database plus the handles needed to fsync it.
+pub struct Store {
+    db: sled::Db,
+    log_file: File,
+    folder: File,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` with sled's page cache capped at `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|err| StoreError::io("cannot create", dir, err))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|err| StoreError {
+                detail: format!("cannot open the journal in {}: {err}", dir.display()),
+            })?;
+        let log_path = dir.join("db");
+        let log_file =
+            File::open(&log_path).map_err(|err| StoreError::io("cannot open", &log_path, err))?;
+        let folder = File::open(dir).map_err(|err| StoreError::io("cannot open", dir, err))?;
+        // sled writes its `conf` file without fsync. It rewrites an empty one, but a torn one
+        // would make the journal unopenable after a power cut. Once per open, so cheap. The
+        // folder's own entry in its parent is made durable too.
+        sync_file(&dir.join("conf"))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_file(parent)?;
+        }
+        let store = Store {
+            db,
+            log_file,
+            folder,
+            path: dir.to_path_buf(),
+        };
+        // A new database's files must survive a power cut too, not only their contents.
+        store.make_durable()?;
+        Ok(store)
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key)?.map(|value| value.to_vec()))
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` entries with `start <= key`, keys starting with `prefix`, in key order.
+    pub fn range_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.db.range(start..) {
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) || entries.len() >= limit {
+                break;
+            }
+            entries.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(entries)
+    }
+
+    /// The last entry whose key starts with `prefix`.
+    pub fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+        match self.db.scan_prefix(prefix).next_back() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(Some((key.to_vec(), value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Applies all writes atomically: after a crash, either all or none of them are there.
+    /// Not durable until [`Store::make_durable`].
+    pub fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.db.apply_batch(batch.batch)?;
+        Ok(())
+    }
+
+    /// Makes everything applied so far survive a crash and a power cut.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log_file
+            .sync_data()
+            .map_err(|err| StoreError::io("cannot fsync", &self.path.join("db"), err))?;
+        self.folder
+            .sync_all()
+            .map_err(|err| StoreError::io("cannot fsync", &self.path, err))?;
+        Ok(())
+    }
+
+    /// Bytes sled's files take on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}

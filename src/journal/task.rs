@@ -1,0 +1,271 @@
+//! The journal's thread: group commit, and the handles the rest of the daemon talks to it with.
+//!
+//! Sources send `Append { press, reply }` and wait for the reply. The thread takes the first
+//! request, then every request already waiting (up to [`MAX_GROUP`]), appends all presses in one
+//! batch with one flush + fsync, and only then answers each reply and broadcasts the accepted
+//! votes. A dedicated OS thread rather than a tokio task: each commit blocks on fsync, and the
+//! journal must keep committing even when the async runtime is busy.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::{Journal, JournalError, JournalStats, Outcome};
+use crate::model::{Press, Seq, Vote};
+
+/// Most requests handled per commit: bounds the latency of the last one in a burst.
+const MAX_GROUP: usize = 512;
+/// How long the thread waits for work before making pending acks durable and retrying a closed
+/// store.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+/// Votes buffered per subscriber of [`JournalService::subscribe`]; a subscriber that lags more
+/// misses votes (and is told so by the broadcast channel), it never slows the journal.
+const BROADCAST_CAPACITY: usize = 4096;
+
+enum Request {
+    Append {
+        press: Press,
+        reply: oneshot::Sender<Result<Outcome, JournalError>>,
+    },
+    Ack {
+        through: Seq,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    Read {
+        after: Seq,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<Vote>, JournalError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the journal thread.
+#[derive(Clone)]
+pub struct JournalHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl JournalHandle {
+    /// Appends a press; returns once it is durable (or known to be a duplicate).
+    pub async fn append(&self, press: Press) -> Result<Outcome, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Append { press, reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Deletes buffered votes up to `through`; returns how many.
+    pub async fn ack_through(&self, through: Seq) -> Result<u64, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Ack { through, reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Up to `max` buffered votes with a seq above `after`, oldest first.
+    pub async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Vote>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Read { after, max, reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    fn send(&self, request: Request) -> Result<(), JournalError> {
+        self.requests
+            .send(request)
+            .map_err(|_| JournalError::Stopped)
+    }
+}
+
+/// The running journal: its handle, its broadcast of accepted votes and its counters.
+pub struct JournalService {
+    handle: JournalHandle,
+    votes: broadcast::Sender<Vote>,
+    stats: watch::Receiver<JournalStats>,
+    thread: JoinHandle<()>,
+}
+
+impl JournalService {
+    /// A handle for appending, reading and acknowledging.
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// Every vote accepted from now on, in seq order, after it is durable.
+    pub fn subscribe(&self) -> broadcast::Receiver<Vote> {
+        self.votes.subscribe()
+    }
+
+    /// The journal's counters, updated after every change.
+    pub fn stats(&self) -> watch::Receiver<JournalStats> {
+        self.stats.clone()
+    }
+
+    /// Finishes every request sent before this call, makes everything durable and stops the
+    /// thread. Handles still held elsewhere get [`JournalError::Stopped`] afterwards.
+    pub async fn shutdown(self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.handle.send(Request::Shutdown { reply })?;
+        let result = answer.await.map_err(|_| JournalError::Stopped)?;
+        let thread = self.thread;
+        // The thread returns right after replying.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        result
+    }
+}
+
+/// Starts the journal thread.
+pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
+    let (requests, inbox) = mpsc::channel();
+    let (votes, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let (stats_tx, stats) = watch::channel(journal.stats());
+    let thread_votes = votes.clone();
+    let thread = std::thread::Builder::new()
+        .name("journal".to_string())
+        .spawn(move || {
+            Committer {
+                journal,
+                votes: thread_votes,
+                stats: stats_tx,
+            }
+            .run(inbox)
+        })?;
+    Ok(JournalService {
+        handle: JournalHandle { requests },
+        votes,
+        stats,
+        thread,
+    })
+}
+
+struct Committer {
+    journal: Journal,
+    votes: broadcast::Sender<Vote>,
+    stats: watch::Sender<JournalStats>,
+}
+
+impl Committer {
+    fn run(mut self, inbox: mpsc::Receiver<Request>) {
+        loop {
+            let first = match inbox.recv_timeout(IDLE_TICK) {
+                Ok(request) => request,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.idle();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone without a shutdown request: still flush.
+                    if let Err(err) = self.finish() {
+                        log::error!("final journal flush failed: {err}");
+                    }
+                    return;
+                }
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match inbox.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = self.handle_group(group) {
+                let result = self.finish();
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+
+    /// Handles one group; returns the shutdown reply if the group asked to stop.
+    fn handle_group(
+        &mut self,
+        group: Vec<Request>,
+    ) -> Option<oneshot::Sender<Result<(), JournalError>>> {
+        let mut presses = Vec::new();
+        let mut replies = Vec::new();
+        let mut others = Vec::new();
+        for request in group {
+            match request {
+                Request::Append { press, reply } => {
+                    presses.push(press);
+                    replies.push(reply);
+                }
+                other => others.push(other),
+            }
+        }
+        if !presses.is_empty() {
+            self.commit(presses, replies);
+        }
+        let mut shutdown = None;
+        for request in others {
+            match request {
+                Request::Ack { through, reply } => {
+                    let _ = reply.send(self.journal.ack_through(through));
+                }
+                Request::Read { after, max, reply } => {
+                    let _ = reply.send(self.journal.read_after(after, max));
+                }
+                Request::Shutdown { reply } => shutdown = Some(reply),
+                Request::Append { .. } => {}
+            }
+        }
+        self.publish_stats();
+        shutdown
+    }
+
+    fn commit(
+        &mut self,
+        presses: Vec<Press>,
+        replies: Vec<oneshot::Sender<Result<Outcome, JournalError>>>,
+    ) {
+        match self.journal.append(presses) {
+            Ok(outcomes) => {
+                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                    if let Outcome::Accepted(vote) = &outcome {
+                        log::debug!(
+                            terminal:% = vote.terminal, seq = vote.seq, button = vote.button.number();
+                            "vote accepted"
+                        );
+                        // No subscribers is fine: nobody is watching.
+                        let _ = self.votes.send(vote.clone());
+                    }
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                log::error!(
+                    "journal append failed, {} presses not acknowledged: {err}",
+                    replies.len()
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn idle(&mut self) {
+        if self.journal.has_unsynced_acks() || !self.journal.is_available() {
+            if let Err(err) = self.journal.sync() {
+                log::warn!("journal sync failed, will retry: {err}");
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn finish(&mut self) -> Result<(), JournalError> {
+        let result = self.journal.sync();
+        self.publish_stats();
+        result
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.journal.stats();
+        self.stats.send_if_modified(|current| {
+            let changed = *current != stats;
+            *current = stats;
+            changed
+        });
+    }
+}

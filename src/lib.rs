@@ -1,0 +1,42 @@
+//! # votegate
+//!
+//! An edge gateway for customer-feedback button terminals: it reads presses from the terminals of
+//! a site, makes every accepted press durable before acknowledging it, keeps live tallies for an
+//! in-store screen and forwards the votes to the cloud.
+//!
+//! ## The pipeline is the module tree
+//!
+//! ```text
+//! sources (simulated, …) ──Append{press, reply}──▶ journal (sled, group commit)
+//!                                                     │ accepted votes (broadcast)
+//!                                                     ▼
+//!                                       tallies / display / uplink (later issues)
+//! ```
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`model`] | `Vote`, `Press`, `Button`, `TerminalId`: plain data, no I/O |
+//! | [`clock`] | wall clock, boot-relative monotonic time, boot id, NTP sync state, re-stamping |
+//! | [`config`] | the TOML file: raw serde structs → validated [`config::Config`] |
+//! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the press filter, the sources |
+//! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
+//! | [`daemon`] | wiring and ordered shutdown |
+//! | [`cli`] | one file per command of the contract |
+//! | [`logging`] | operator logs with structured fields |
+//!
+//! ## Dependency rule
+//! Checked by `tests/it/architecture.rs`, which scans `src/`:
+//! - sled is imported only in `journal/store.rs`;
+//! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
+//!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
+//!   `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`) do no I/O;
+//! - `anyhow` is used only in `main.rs` and `cli/`.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod journal;
+pub mod logging;
+pub mod model;
+pub mod sources;

@@ -1,0 +1,94 @@
+//! Shared test harness: temp folders, the votegate binary, child processes.
+
+pub mod appender;
+pub mod powercut_fs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The `votegate` binary built for this test run.
+pub fn votegate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_votegate")
+}
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A seed from `VOTEGATE_TEST_SEED`, or a fresh one; printed so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("VOTEGATE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("{test}: VOTEGATE_TEST_SEED={seed}");
+    seed
+}
+
+/// A child process whose output is read continuously, so that it never blocks on a full pipe.
+pub struct RunningChild {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl RunningChild {
+    /// Wraps a child spawned with piped stdout and stderr.
+    pub fn new(mut child: Child) -> RunningChild {
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        RunningChild {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Whether the child has exited by itself.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills the child with SIGKILL, reaps it and returns its stdout and stderr.
+    pub fn kill(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (
+            self.stdout.join().unwrap_or_default(),
+            self.stderr.join().unwrap_or_default(),
+        )
+    }
+}
+
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+/// Starts this test binary again, running only the test `name`, with extra environment.
+pub fn spawn_test_child(name: &str, env: &[(&str, String)]) -> RunningChild {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut command = Command::new(exe);
+    command
+        .args([name, "--exact", "--nocapture", "--test-threads", "1", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    RunningChild::new(command.spawn().expect("spawn test child"))
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}

@@ -1,0 +1,161 @@
+//! Crash tests of the journal: SIGKILL at random moments, and power cuts on a filesystem that
+//! forgets everything not fsynced. After each crash every vote the appender saw acknowledged must
+//! be in the journal, no seq may be handed out twice, and retransmissions must stay deduplicated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::appender::{self, History, CHILD_DIR_ENV, CHILD_START_ENV};
+use crate::harness::powercut_fs::PowerCutFs;
+use crate::harness::{seed, spawn_test_child, RunningChild};
+
+const CHILD_TEST: &str = "journal_crash::appender_child";
+const KILLS: usize = 60;
+const POWER_CUTS: usize = 24;
+
+/// With `VOTEGATE_TEST_APPENDER_DIR` set this is the appender process the crash tests kill; it
+/// runs until killed. Run on its own, it appends a bounded number of presses in-process and checks
+/// the report against the journal, the same way the crash tests do.
+#[test]
+fn appender_child() {
+    if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
+        let starts = appender::parse_starts(&std::env::var(CHILD_START_ENV).unwrap_or_default());
+        appender::run(Path::new(&dir), &starts, None, Box::new(std::io::stdout()));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = SharedBuffer::default();
+    appender::run(
+        dir.path(),
+        &Default::default(),
+        Some(150),
+        Box::new(report.clone()),
+    );
+    let mut history = History::default();
+    let mut verified = history
+        .absorb(&report.text())
+        .expect("report is consistent");
+    history
+        .verify_journal(dir.path(), &mut verified)
+        .expect("journal matches the report");
+    assert_eq!(verified.appended, 600);
+    assert!(
+        verified.checked_present > 0 && verified.depth > 0,
+        "{verified:?}"
+    );
+}
+
+#[test]
+fn acknowledged_votes_survive_sigkill_at_random_moments() {
+    let mut rng = fastrand::Rng::with_seed(seed("sigkill"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal_dir = dir.path().join("journal");
+    let mut history = History::default();
+    let mut totals = (0, 0);
+    for round in 0..KILLS {
+        let child = start_appender(&journal_dir, &history);
+        // Sometimes before the journal is even open, mostly in the middle of appending.
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        let (report, stderr) = kill_expecting_death(child);
+        let mut verified = history
+            .absorb(&report)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\nchild stderr:\n{stderr}"));
+        history
+            .verify_journal(&journal_dir, &mut verified)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\nchild stderr:\n{stderr}"));
+        totals.0 += verified.appended;
+        totals.1 += verified.duplicates;
+    }
+    eprintln!(
+        "{KILLS} kills: {} votes acknowledged, {} retransmissions deduplicated",
+        totals.0, totals.1
+    );
+    assert!(totals.0 > KILLS * 10, "the appender barely ran: {totals:?}");
+    assert!(totals.1 > 0, "no retransmission was tested");
+}
+
+#[test]
+fn acknowledged_votes_survive_power_cuts() {
+    let mut rng = fastrand::Rng::with_seed(seed("power-cut"));
+    let mount = tempfile::tempdir().expect("temp dir");
+    let mut fs = PowerCutFs::mount(mount.path()).unwrap_or_else(|err| {
+        panic!(
+            "cannot mount the power-cut test filesystem on {}: {err}. It needs /dev/fuse and root \
+             (or fusermount3: apt-get install fuse3); scripts/test installs fuse3.",
+            mount.path().display()
+        )
+    });
+    let journal_dir = mount.path().join("journal");
+    let mut history = History::default();
+    let mut lost_pages = 0;
+    let mut appended = 0;
+    for cut in 0..POWER_CUTS {
+        let child = start_appender(&journal_dir, &history);
+        std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
+        let (report, stderr) = kill_expecting_death(child);
+        // Half the cuts lose every unsynced page, half keep a random part of them.
+        let keep = if cut % 2 == 0 { 0.0 } else { 0.5 };
+        let cut_report = fs.cut(keep, &mut rng).expect("remount after the cut");
+        lost_pages += cut_report.pages_lost;
+        let mut verified = history
+            .absorb(&report)
+            .unwrap_or_else(|e| panic!("cut {cut}: {e}\nchild stderr:\n{stderr}"));
+        history
+            .verify_journal(&journal_dir, &mut verified)
+            .unwrap_or_else(|e| panic!("cut {cut} ({cut_report:?}): {e}\nchild stderr:\n{stderr}"));
+        appended += verified.appended;
+    }
+    let counters = fs.counters();
+    eprintln!(
+        "{POWER_CUTS} power cuts: {appended} votes acknowledged, {lost_pages} unsynced pages lost, {counters:?}"
+    );
+    assert!(
+        appended > POWER_CUTS * 5,
+        "the appender barely ran: {appended}"
+    );
+    assert!(
+        lost_pages > 0,
+        "no cut lost anything: the test did not test"
+    );
+}
+
+fn start_appender(journal_dir: &Path, history: &History) -> RunningChild {
+    spawn_test_child(
+        CHILD_TEST,
+        &[
+            (CHILD_DIR_ENV, journal_dir.display().to_string()),
+            (
+                CHILD_START_ENV,
+                appender::format_starts(&history.restart_points()),
+            ),
+        ],
+    )
+}
+
+fn kill_expecting_death(mut child: RunningChild) -> (String, String) {
+    let exited_early = child.has_exited();
+    let (report, stderr) = child.kill();
+    assert!(!exited_early, "the appender exited by itself:\n{stderr}");
+    (report, stderr)
+}
+
+/// A `Write` that collects into a shared buffer.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

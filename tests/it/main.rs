@@ -1,0 +1,6 @@
+//! votegate's integration tests: one binary, one module per area, a shared harness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod harness;
+mod journal_crash;
