@@ -87,22 +87,22 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JournalError {
     /// Reading or writing the database failed; the journal reopens it before the next operation.
-    #[error("journal storage in {}: {source}", dir.display())]
+    #[error("journal storage in {}: {cause}", dir.display())]
     Storage {
         /// The data folder.
         dir: PathBuf,
         /// What failed.
-        source: StoreError,
+        cause: StoreError,
     },
     /// A stored record cannot be decoded.
-    #[error("journal record {key} in {}: {source}", dir.display())]
+    #[error("journal record {key} in {}: {cause}", dir.display())]
     Record {
         /// The data folder.
         dir: PathBuf,
         /// Which record (`seq 17`, `meta`, …).
         key: String,
         /// What is wrong.
-        source: RecordError,
+        cause: RecordError,
     },
     /// The journal task has stopped (shutdown or crash).
     #[error("the journal is not running")]
@@ -150,6 +150,9 @@ pub struct JournalStats {
     pub max_disk_bytes: u64,
     /// False while the database is unavailable (a storage error, waiting to reopen).
     pub available: bool,
+    /// Durable commits (flush + fsync) since the journal was opened; with group commit, several
+    /// appends share one.
+    pub commits: u64,
 }
 
 /// The journal's state: an open store and the in-memory mirror of its counters and dedup window.
@@ -160,6 +163,7 @@ pub struct Journal {
     open: Option<OpenJournal>,
     /// Drops counted while the store was unavailable, added to `meta.dropped` on the next write.
     unsaved_drops: u64,
+    commits: u64,
 }
 
 struct OpenJournal {
@@ -180,6 +184,7 @@ impl Journal {
             limits,
             open: Some(open),
             unsaved_drops: 0,
+            commits: 0,
         })
     }
 
@@ -202,6 +207,7 @@ impl Journal {
         match result {
             Ok(outcomes) => {
                 self.unsaved_drops = 0;
+                self.commits += 1;
                 self.report_drops(dropped_before);
                 Ok(outcomes)
             }
@@ -257,10 +263,12 @@ impl Journal {
                 charged_bytes: open.meta.charged_bytes,
                 max_disk_bytes: self.limits.max_disk_bytes,
                 available: true,
+                commits: self.commits,
             },
             None => JournalStats {
                 dropped: self.unsaved_drops,
                 max_disk_bytes: self.limits.max_disk_bytes,
+                commits: self.commits,
                 ..JournalStats::default()
             },
         }
@@ -303,14 +311,25 @@ impl Journal {
     }
 }
 
+impl Drop for Journal {
+    /// A clean close makes acknowledged deletes durable, as a shutdown does.
+    fn drop(&mut self) {
+        if self.has_unsynced_acks() {
+            if let Err(err) = self.sync() {
+                log::warn!("journal close: acknowledged deletes not made durable: {err}");
+            }
+        }
+    }
+}
+
 impl OpenJournal {
     fn load(dir: &Path, limits: &Limits) -> Result<OpenJournal, JournalError> {
-        let store = Store::open(dir, limits.cache_bytes).map_err(|source| storage(dir, source))?;
+        let store = Store::open(dir, limits.cache_bytes).map_err(|cause| storage(dir, cause))?;
         let mut meta = match store.get(record::META_KEY).map_err(|e| storage(dir, e))? {
-            Some(bytes) => Meta::decode(&bytes).map_err(|source| JournalError::Record {
+            Some(bytes) => Meta::decode(&bytes).map_err(|cause| JournalError::Record {
                 dir: dir.to_path_buf(),
                 key: "meta".to_string(),
-                source,
+                cause,
             })?,
             None => Meta::new(),
         };
@@ -542,16 +561,16 @@ fn load_dedup(store: &Store, dir: &Path) -> Result<DedupWindow, JournalError> {
 }
 
 fn decode(dir: &Path, seq: Seq, value: &[u8]) -> Result<Vote, JournalError> {
-    record::decode_vote(seq, value).map_err(|source| JournalError::Record {
+    record::decode_vote(seq, value).map_err(|cause| JournalError::Record {
         dir: dir.to_path_buf(),
         key: format!("seq {seq}"),
-        source,
+        cause,
     })
 }
 
-fn storage(dir: &Path, source: StoreError) -> JournalError {
+fn storage(dir: &Path, cause: StoreError) -> JournalError {
     JournalError::Storage {
         dir: dir.to_path_buf(),
-        source,
+        cause,
     }
 }

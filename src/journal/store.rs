@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A storage failure, as text: sled's error type stays inside this file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +30,41 @@ impl StoreError {
     fn io(what: &str, path: &Path, err: std::io::Error) -> StoreError {
         StoreError {
             detail: format!("{what} {}: {err}", path.display()),
+        }
+    }
+}
+
+/// How long to wait for sled's file lock. A `Db` dropped by this process releases its lock only
+/// when sled's background threads finish (sled issues 1234, 1289), so a reopen after a storage
+/// error may briefly find it taken; a lock still held after this long belongs to another process.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .mode(sled::Mode::LowSpace);
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError {
+                        detail: format!(
+                            "the journal in {} is locked by another process: is another votegate running with this data-dir?",
+                            dir.display()
+                        ),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => {
+                return Err(StoreError {
+                    detail: format!("cannot open the journal in {}: {err}", dir.display()),
+                })
+            }
         }
     }
 }
@@ -85,15 +121,7 @@ impl Store {
     /// Opens (or creates) the database in `dir` with sled's page cache capped at `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|err| StoreError::io("cannot create", dir, err))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|err| StoreError {
-                detail: format!("cannot open the journal in {}: {err}", dir.display()),
-            })?;
+        let db = open_db(dir, cache_bytes)?;
         let log_path = dir.join("db");
         let log_file =
             File::open(&log_path).map_err(|err| StoreError::io("cannot open", &log_path, err))?;

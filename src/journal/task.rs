@@ -269,3 +269,90 @@ impl Committer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Limits;
+    use crate::model::{BootId, Button, PressTime, TerminalId};
+
+    fn press(terminal: &str, term_seq: u64) -> Press {
+        Press {
+            terminal: TerminalId::new(terminal).expect("valid id"),
+            button: Button::Happy,
+            term_seq: Some(term_seq),
+            at: PressTime {
+                ts_ms: 1_795_000_000_000,
+                clock_synced: true,
+                boot_id: BootId([1; 16]),
+                mono_ms: term_seq,
+            },
+            filtered: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_commits_and_are_broadcast_in_seq_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service =
+            spawn(Journal::open(dir.path(), Limits::default()).expect("open")).expect("spawn");
+        let mut votes = service.subscribe();
+        let appends: Vec<_> = (0..200)
+            .map(|n| {
+                let handle = service.handle();
+                tokio::spawn(async move { handle.append(press(&format!("t{}", n % 8), n)).await })
+            })
+            .collect();
+        for append in appends {
+            assert!(matches!(
+                append.await.expect("task"),
+                Ok(Outcome::Accepted(_))
+            ));
+        }
+        let stats = service.stats().borrow().clone();
+        assert_eq!(stats.depth, 200);
+        assert!(
+            stats.commits < 200,
+            "no group commit happened: {} commits",
+            stats.commits
+        );
+        let mut last = 0;
+        for _ in 0..200 {
+            let vote = votes.recv().await.expect("broadcast");
+            assert!(vote.seq > last, "broadcast out of order");
+            last = vote.seq;
+        }
+        service.shutdown().await.expect("shutdown");
+    }
+
+    #[tokio::test]
+    async fn shutdown_makes_acks_durable_and_stops_the_handles() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let service =
+            spawn(Journal::open(dir.path(), Limits::default()).expect("open")).expect("spawn");
+        let handle = service.handle();
+        for n in 0..10 {
+            handle.append(press("a", n)).await.expect("append");
+        }
+        assert_eq!(handle.ack_through(4).await, Ok(4));
+        let unsent = handle.read_after(0, 100).await.expect("read");
+        assert_eq!(
+            unsent.iter().map(|v| v.seq).collect::<Vec<_>>(),
+            (5..=10).collect::<Vec<_>>()
+        );
+        service.shutdown().await.expect("shutdown");
+        assert_eq!(
+            handle.append(press("a", 99)).await,
+            Err(JournalError::Stopped)
+        );
+
+        let mut reopened = Journal::open(dir.path(), Limits::default()).expect("reopen");
+        assert_eq!(reopened.stats().depth, 6);
+        assert_eq!(reopened.stats().oldest_seq, Some(5));
+        // The acked votes are gone, but retransmitting one still maps to its seq.
+        assert_eq!(
+            reopened.append(vec![press("a", 2)]),
+            Ok(vec![Outcome::Duplicate(3)])
+        );
+    }
+}

@@ -2,5 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod architecture;
+mod cli;
+mod config_files;
 mod harness;
 mod journal_crash;
+mod journal_model;

@@ -50,6 +50,26 @@ impl RunningChild {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Waits up to `limit` for the child to exit by itself; returns its status (None if it is
+    /// still running, in which case it is killed) and its stderr.
+    pub fn wait(
+        mut self,
+        limit: std::time::Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let (_, stderr) = self.kill();
+        (status, stderr)
+    }
+
     /// Kills the child with SIGKILL, reaps it and returns its stdout and stderr.
     pub fn kill(mut self) -> (String, String) {
         let _ = self.child.kill();
