@@ -48,8 +48,12 @@ pub use task::{spawn, JournalHandle, JournalService};
 /// The smallest `max-disk-size` accepted: a group of appends must always fit.
 pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
 
-/// At most this many deletes go into one atomic batch when acknowledging a large backlog.
-const ACK_CHUNK: usize = 10_000;
+/// At most this many deletes go into one atomic batch when acknowledging (see
+/// [`store::MAX_BATCH_OPS`]).
+const ACK_CHUNK: usize = store::MAX_BATCH_OPS - 1;
+/// At most this many presses go into one atomic batch: each takes up to three writes (vote,
+/// dedup entry, evicted dedup entry) plus the deletes of drop-oldest, and one meta write ends it.
+pub const PRESSES_PER_BATCH: usize = 40;
 
 /// What to do with a new vote when the journal has reached `max-disk-size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,8 +197,9 @@ impl Journal {
         &self.dir
     }
 
-    /// Stores presses durably; one flush serves them all (group commit). Outcomes are in the
-    /// order of `presses`. On error nothing was acknowledged: the caller may retry.
+    /// Stores presses durably; one flush serves them all (group commit). They are written in
+    /// atomic batches of [`PRESSES_PER_BATCH`]. Outcomes are in the order of `presses`. On error
+    /// nothing was acknowledged: the caller may retry.
     pub fn append(&mut self, presses: Vec<Press>) -> Result<Vec<Outcome>, JournalError> {
         let limits = self.limits;
         let unsaved_drops = self.unsaved_drops;
@@ -202,7 +207,14 @@ impl Journal {
         let retransmittable: Vec<bool> = presses.iter().map(|p| p.term_seq.is_some()).collect();
         let result = self.with_store(|open, dir| {
             open.meta.dropped += unsaved_drops;
-            open.append(presses, &limits, dir)
+            let mut outcomes = Vec::with_capacity(presses.len());
+            let mut presses = presses.into_iter().peekable();
+            while presses.peek().is_some() {
+                let chunk: Vec<Press> = presses.by_ref().take(PRESSES_PER_BATCH).collect();
+                outcomes.extend(open.append(chunk, &limits, dir)?);
+            }
+            open.make_durable(dir)?;
+            Ok(outcomes)
         });
         match result {
             Ok(outcomes) => {
@@ -412,12 +424,17 @@ impl OpenJournal {
         }
         batch.put(record::META_KEY, &self.meta.encode());
         self.store.apply(batch).map_err(|e| storage(dir, e))?;
-        self.store.make_durable().map_err(|e| storage(dir, e))?;
-        self.unsynced_acks = false;
         if self.oldest.is_none() || drop_cursor != self.oldest.as_ref().map_or(0, |v| v.seq) {
             self.refresh_oldest(dir)?;
         }
         Ok(outcomes)
+    }
+
+    /// Flushes and fsyncs everything applied so far, appends and acks alike.
+    fn make_durable(&mut self, dir: &Path) -> Result<(), JournalError> {
+        self.store.make_durable().map_err(|e| storage(dir, e))?;
+        self.unsynced_acks = false;
+        Ok(())
     }
 
     /// Deletes stored votes, oldest first, until `cost` more bytes fit. Only votes stored before
@@ -437,7 +454,7 @@ impl OpenJournal {
             }
             let oldest = self
                 .store
-                .range_from(&[record::VOTE_PREFIX], &record::vote_key(*cursor), 64)
+                .range_from(&[record::VOTE_PREFIX], &record::vote_key(*cursor), 8)
                 .map_err(|e| storage(dir, e))?;
             let mut dropped_any = false;
             for (key, value) in oldest {
@@ -507,8 +524,7 @@ impl OpenJournal {
 
     fn sync(&mut self, dir: &Path) -> Result<(), JournalError> {
         if self.unsynced_acks {
-            self.store.make_durable().map_err(|e| storage(dir, e))?;
-            self.unsynced_acks = false;
+            self.make_durable(dir)?;
         }
         Ok(())
     }

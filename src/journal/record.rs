@@ -22,7 +22,7 @@ const META_FORMAT_V1: u8 = 1;
 /// sled's per-entry index overhead and log framing, plus slack for its segment garbage
 /// collection. Calibrated by `benches/journal.rs` (see BENCHMARKS.md) so that the files on disk
 /// stay below the configured size.
-pub const PER_VOTE_OVERHEAD: u64 = 96;
+pub const PER_VOTE_OVERHEAD: u64 = 170;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

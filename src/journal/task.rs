@@ -15,8 +15,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::{Journal, JournalError, JournalStats, Outcome};
 use crate::model::{Press, Seq, Vote};
 
-/// Most requests handled per commit: bounds the latency of the last one in a burst.
-const MAX_GROUP: usize = 512;
+/// Most requests handled per commit: bounds the latency of the last one in a burst, and keeps a
+/// commit to a few sled batches.
+const MAX_GROUP: usize = 4 * super::PRESSES_PER_BATCH;
 /// How long the thread waits for work before making pending acks durable and retrying a closed
 /// store.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -221,6 +222,8 @@ impl Committer {
     ) {
         match self.journal.append(presses) {
             Ok(outcomes) => {
+                // Counters first: whoever gets a reply then sees stats that include its vote.
+                self.publish_stats();
                 for (outcome, reply) in outcomes.into_iter().zip(replies) {
                     if let Outcome::Accepted(vote) = &outcome {
                         log::debug!(

@@ -3,7 +3,8 @@
 //! [`run`] appends presses from four concurrent "terminals" (so appends share group commits),
 //! printing a line the moment each append returns: `A seq terminal term_seq` (accepted),
 //! `D seq terminal term_seq` (duplicate of an earlier vote), and now and then acknowledges old
-//! votes as the uplink would, printing `K seq` after `ack_through` returns. The crash tests run it
+//! votes as the uplink would, printing `K seq` just before calling `ack_through` (from then on
+//! those votes may be gone). The crash tests run it
 //! in a child process and kill it at random moments.
 //!
 //! [`History`] reads those lines across all restarts and checks the journal against them: every
@@ -116,8 +117,10 @@ pub fn run(
                         && highest_seq > ACK_LAG
                     {
                         let through = highest_seq - ACK_LAG;
-                        handle.ack_through(through).await.expect("ack");
+                        // Announced before it is requested: a kill right after the request may
+                        // leave it applied (even made durable by another terminal's commit).
                         write_line(&out, &format!("K {through}\n"));
+                        handle.ack_through(through).await.expect("ack");
                     }
                 }
             }));

@@ -102,10 +102,42 @@ impl PowerCutFs {
     }
 }
 
+impl PowerCutFs {
+    /// Unmounts and stops the FUSE session. A file closed a moment ago may still be held by a
+    /// thread that is finishing (sled releases its file only when its I/O threads are done), so
+    /// a busy mount is retried for a while; fuser would give up at once and then wait forever for
+    /// a session that never ends.
+    fn unmount(&mut self) -> std::io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
+                self.session = Some(session);
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("cannot unmount {}: {err}", self.mountpoint.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        session.join();
+        Ok(())
+    }
+}
+
 impl Drop for PowerCutFs {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            session.join();
+        if let Err(err) = self.unmount() {
+            eprintln!("power-cut filesystem: {err}");
         }
     }
 }

@@ -1,0 +1,236 @@
+//! Journal benchmark: durable append throughput and latency, bytes written per vote, and disk
+//! size and memory with a large backlog. Figures go to BENCHMARKS.md.
+//!
+//!     cargo bench --bench journal                 # full run (1,000,000-vote backlog)
+//!     VOTEGATE_BENCH_VOTES=100000 cargo bench --bench journal
+//!     VOTEGATE_BENCH_DIR=/mnt/sdcard cargo bench --bench journal   # measure another disk
+//!
+//! Appends go through the journal thread (group commit) exactly as in the daemon; every append
+//! is flushed and fsynced before it returns.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: failing loudly is right
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use votegate::journal::{self, Journal, Limits, WhenFull};
+use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
+
+fn press(terminal: &TerminalId, n: u64) -> Press {
+    Press {
+        terminal: terminal.clone(),
+        button: Button::ALL[(n % 4) as usize],
+        term_seq: Some(n),
+        at: PressTime {
+            ts_ms: 1_795_000_000_000 + n,
+            clock_synced: true,
+            boot_id: BootId([1; 16]),
+            mono_ms: n,
+        },
+        filtered: false,
+    }
+}
+
+/// (write_bytes, wchar) of this process from /proc/self/io.
+fn io_counters() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("write_bytes:"), field("wchar:"))
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn memory_kib() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var("VOTEGATE_BENCH_DIR") {
+        Ok(base) => tempfile::tempdir_in(base).expect("temp dir in VOTEGATE_BENCH_DIR"),
+        Err(_) => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir"),
+    }
+}
+
+/// Durable appends from `appenders` concurrent tasks, `per_appender` each.
+fn append_throughput(appenders: u64, per_appender: u64) {
+    let dir = bench_dir();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (writes_before, wchar_before) = io_counters();
+    let (elapsed, mut latencies, commits) = runtime.block_on(async {
+        let service = journal::spawn(Journal::open(dir.path(), Limits::default()).expect("open"))
+            .expect("spawn");
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..appenders)
+            .map(|a| {
+                let handle = service.handle();
+                tokio::spawn(async move {
+                    let terminal = TerminalId::new(&format!("terminal-{a}")).expect("id");
+                    let mut latencies = Vec::with_capacity(per_appender as usize);
+                    for n in 0..per_appender {
+                        let t = Instant::now();
+                        handle.append(press(&terminal, n)).await.expect("append");
+                        latencies.push(t.elapsed());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.expect("task"));
+        }
+        let elapsed = start.elapsed();
+        let commits = service.stats().borrow().commits;
+        service.shutdown().await.expect("shutdown");
+        (elapsed, latencies, commits)
+    });
+    let (writes_after, wchar_after) = io_counters();
+    let votes = appenders * per_appender;
+    latencies.sort();
+    println!(
+        "| durable appends, {appenders} appender(s) | {:.0} votes/s | p50 {:.2} ms, p99 {:.2} ms | {:.1} votes per fsync | {:.0} B written to disk per vote ({:.0} B via write()) |",
+        votes as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        votes as f64 / commits as f64,
+        (writes_after - writes_before) as f64 / votes as f64,
+        (wchar_after - wchar_before) as f64 / votes as f64,
+    );
+}
+
+/// Fills a journal with `votes` (as a long outage would), then acknowledges them all.
+fn backlog(votes: u64) {
+    let dir = bench_dir();
+    let limits = Limits {
+        max_disk_bytes: 1 << 40,
+        when_full: WhenFull::DropOldest,
+        cache_bytes: Limits::default().cache_bytes,
+    };
+    let (rss_start, _) = memory_kib();
+    let mut journal = Journal::open(dir.path(), limits).expect("open");
+    let terminal = TerminalId::new("entrance-terminal").expect("id");
+    let start = Instant::now();
+    let mut n = 0;
+    while n < votes {
+        let group: Vec<Press> = (n..(n + 512).min(votes))
+            .map(|i| press(&terminal, i))
+            .collect();
+        n += group.len() as u64;
+        journal.append(group).expect("append");
+    }
+    let fill = start.elapsed();
+    let (rss_full, _) = memory_kib();
+    let charged = journal.stats().charged_bytes;
+    println!(
+        "| {votes} votes buffered | {} MiB on disk ({:.0} B/vote; charged {:.0} B/vote) | RSS {} MiB (process start {} MiB) | filled in {:.1} s in groups of 512 |",
+        dir_bytes(dir.path()) >> 20,
+        dir_bytes(dir.path()) as f64 / votes as f64,
+        charged as f64 / votes as f64,
+        rss_full / 1024,
+        rss_start / 1024,
+        fill.as_secs_f64()
+    );
+    drop(journal);
+
+    let start = Instant::now();
+    let mut journal = Journal::open(dir.path(), limits).expect("reopen");
+    let reopen = start.elapsed();
+    let last = journal.stats().next_seq - 1;
+    let start = Instant::now();
+    journal.ack_through(last).expect("ack");
+    journal.sync().expect("sync");
+    let ack = start.elapsed();
+    let (rss_acked, hwm) = memory_kib();
+    println!(
+        "| after acking all {votes} | {} MiB on disk | RSS {} MiB, peak {} MiB | reopen with backlog {:.2} s, ack all {:.1} s |",
+        dir_bytes(dir.path()) >> 20,
+        rss_acked / 1024,
+        hwm / 1024,
+        reopen.as_secs_f64(),
+        ack.as_secs_f64()
+    );
+}
+
+/// A journal bounded at `bound` receiving 3× what fits: files must stay below the bound.
+fn bounded(bound: u64) {
+    let dir = bench_dir();
+    let limits = Limits {
+        max_disk_bytes: bound,
+        when_full: WhenFull::DropOldest,
+        cache_bytes: Limits::default().cache_bytes,
+    };
+    let mut journal = Journal::open(dir.path(), limits).expect("open");
+    let terminal = TerminalId::new("entrance-terminal").expect("id");
+    let per_vote = journal::record::vote_cost(
+        journal::record::encode_vote(&votegate::model::Vote::accept(1, press(&terminal, 1))).len(),
+    );
+    let total = 3 * bound / per_vote;
+    let mut n = 0;
+    let mut largest = 0;
+    while n < total {
+        let group: Vec<Press> = (n..(n + 512).min(total))
+            .map(|i| press(&terminal, i))
+            .collect();
+        n += group.len() as u64;
+        journal.append(group).expect("append");
+        largest = largest.max(dir_bytes(dir.path()));
+    }
+    let stats = journal.stats();
+    println!(
+        "| bound {} MiB, {total} votes appended | largest on disk {:.1} MiB ({:.0}% of the bound) | {} buffered, {} dropped |",
+        bound >> 20,
+        largest as f64 / (1 << 20) as f64,
+        largest as f64 * 100.0 / bound as f64,
+        stats.depth,
+        stats.dropped
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs benches with --bench absent: keep that quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let votes = std::env::var("VOTEGATE_BENCH_VOTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let appends = if quick { 200 } else { 4_000 };
+    println!("| journal benchmark | | | | |");
+    println!("| --- | --- | --- | --- | --- |");
+    append_throughput(1, appends);
+    append_throughput(8, appends / 8);
+    backlog(votes);
+    bounded(if quick { 4 << 20 } else { 64 << 20 });
+}
