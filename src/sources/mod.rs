@@ -6,6 +6,7 @@
 //! the terminal (serial ack, GPIO LED).
 
 pub mod filter;
+pub mod serial;
 pub mod simulated;
 
 use std::collections::HashMap;

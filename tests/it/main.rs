@@ -8,3 +8,4 @@ mod config_files;
 mod harness;
 mod journal_crash;
 mod journal_model;
+mod protocol_spec;
