@@ -32,6 +32,7 @@
 //!   `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

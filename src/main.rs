@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use votegate::cli::{self, Cli, EXIT_FAILED, EXIT_USAGE};
+use votegate::cli::{self, Cli, UsageError, EXIT_FAILED, EXIT_USAGE};
 use votegate::config::ConfigError;
 
 fn main() -> ExitCode {
@@ -13,7 +13,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("votegate: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some() {
+            if err.downcast_ref::<ConfigError>().is_some()
+                || err.downcast_ref::<UsageError>().is_some()
+            {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::from(EXIT_FAILED)

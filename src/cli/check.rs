@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use crate::clock::kernel_sync_state;
 use crate::config::units::format_size;
-use crate::config::Config;
+use crate::config::{Config, PortMode, SerialPortConfig};
+use crate::sources::serial::port as serial_port;
 
 use super::EXIT_FAILED;
 
@@ -64,7 +65,37 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// The checks, in the order an installer would fix them.
 pub fn run_probes(config: &Config) -> Vec<Probe> {
-    vec![config_probe(config), data_dir_probe(config), clock_probe()]
+    let mut probes = vec![config_probe(config), data_dir_probe(config)];
+    probes.extend(config.serial_ports.iter().map(serial_probe));
+    probes.push(clock_probe());
+    probes
+}
+
+fn serial_probe(port: &SerialPortConfig) -> Probe {
+    let terminals: Vec<String> = port
+        .terminals
+        .iter()
+        .map(|(address, id)| match port.mode {
+            PortMode::Point => id.to_string(),
+            PortMode::Bus => format!("{id}@{address}"),
+        })
+        .collect();
+    let mode = match port.mode {
+        PortMode::Point => "point",
+        PortMode::Bus => "bus",
+    };
+    match serial_port::probe(&port.path, port.baud) {
+        Ok(()) => Probe::pass(
+            "serial",
+            format!(
+                "{}: opens at {} baud ({mode} mode: {})",
+                port.path.display(),
+                port.baud,
+                terminals.join(", ")
+            ),
+        ),
+        Err(err) => Probe::fail("serial", err.to_string()),
+    }
 }
 
 fn config_probe(config: &Config) -> Probe {

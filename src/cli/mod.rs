@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod run;
+pub mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,11 @@ use crate::config::DEFAULT_CONFIG_PATH;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage or an invalid config.
 pub const EXIT_USAGE: u8 = 2;
+
+/// Bad command-line usage that clap cannot see (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Edge gateway for customer-feedback button terminals.
 #[derive(Debug, Parser)]
@@ -39,6 +45,8 @@ pub enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Play serial terminals on a port (hardware/PROTOCOL.md); print each acknowledged vote as JSON.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Runs a parsed command line.
@@ -46,5 +54,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
+        Command::Simulate(args) => simulate::simulate(args),
     }
 }

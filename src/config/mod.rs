@@ -7,6 +7,7 @@
 //! file's folder.
 
 mod raw;
+mod serial;
 pub mod units;
 
 use std::collections::HashSet;
@@ -73,6 +74,36 @@ pub struct Config {
     pub journal: Limits,
     /// The terminals, in file order.
     pub terminals: Vec<TerminalConfig>,
+    /// The serial ports the serial terminals use, each with its terminals.
+    pub serial_ports: Vec<SerialPortConfig>,
+}
+
+/// How terminals share a serial port (hardware/PROTOCOL.md § 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortMode {
+    /// One terminal on the port; it talks whenever it has something to say.
+    Point,
+    /// Up to 32 terminals on an RS-485 bus; the gateway polls them by address.
+    Bus,
+}
+
+/// One serial port and the terminals on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialPortConfig {
+    /// The device, ideally a stable `/dev/serial/by-id/...` path.
+    pub path: PathBuf,
+    /// Line speed (8N1).
+    pub baud: u32,
+    /// Point-to-point or bus.
+    pub mode: PortMode,
+    /// Bus: a round of polls starts at most this often.
+    pub poll_interval: Duration,
+    /// Bus: how long to wait for a polled terminal's answer.
+    pub reply_timeout: Duration,
+    /// Point: a terminal silent this long is offline.
+    pub offline_after: Duration,
+    /// `(address, terminal)`: address 0 in point mode.
+    pub terminals: Vec<(u8, TerminalId)>,
 }
 
 /// A validated IANA time zone.
@@ -103,6 +134,13 @@ pub enum SourceConfig {
         /// Mean press rate; presses arrive as a Poisson process.
         presses_per_minute: f64,
     },
+    /// A terminal speaking hardware/PROTOCOL.md on a serial port (`kind = "serial"`).
+    Serial {
+        /// The port's path.
+        port: PathBuf,
+        /// Its bus address, or 0 on a point-to-point port.
+        address: u8,
+    },
 }
 
 impl SourceConfig {
@@ -110,6 +148,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Simulated { .. } => "simulated",
+            SourceConfig::Serial { .. } => "serial",
         }
     }
 }
@@ -221,6 +260,7 @@ impl Document<'_> {
             None => DEFAULT_MIN_INTERVAL,
         };
         let terminals = self.terminals(&raw.terminal, default_interval)?;
+        let serial_ports = self.serial_ports(&raw.serial_port, &raw.terminal, &terminals)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway_id,
@@ -230,6 +270,7 @@ impl Document<'_> {
             log_level,
             journal,
             terminals,
+            serial_ports,
         })
     }
 
@@ -389,11 +430,12 @@ impl Document<'_> {
         };
         let source = match raw.kind.get_ref().as_str() {
             "simulated" => self.simulated(raw)?,
+            "serial" => self.serial_terminal(raw)?,
             other => {
                 return Err(self.invalid(
                     "terminal.kind",
                     &raw.kind,
-                    format!("expected \"simulated\", found {other:?}"),
+                    format!("expected \"simulated\" or \"serial\", found {other:?}"),
                 ))
             }
         };
@@ -404,7 +446,26 @@ impl Document<'_> {
         })
     }
 
+    /// Rejects a key that the terminal's kind does not use.
+    fn unused<T>(
+        &self,
+        key: &str,
+        value: &Option<Spanned<T>>,
+        kind: &str,
+    ) -> Result<(), ConfigError> {
+        match value {
+            Some(value) => Err(self.invalid(
+                &format!("terminal.{key}"),
+                value,
+                format!("is not used by kind = {kind:?}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn simulated(&self, raw: &RawTerminal) -> Result<SourceConfig, ConfigError> {
+        self.unused("port", &raw.port, "simulated")?;
+        self.unused("address", &raw.address, "simulated")?;
         let Some(rate) = &raw.presses_per_minute else {
             return Err(self.invalid(
                 "terminal.presses-per-minute",

@@ -19,6 +19,20 @@ pub(super) struct RawConfig {
     pub filter: RawFilter,
     #[serde(default)]
     pub terminal: Vec<Spanned<RawTerminal>>,
+    #[serde(default)]
+    pub serial_port: Vec<Spanned<RawSerialPort>>,
+}
+
+/// One `[[serial-port]]` table: settings of a port that terminals name with `port`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawSerialPort {
+    pub path: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
+    pub baud: Option<Spanned<i64>>,
+    pub poll_interval: Option<Spanned<String>>,
+    pub reply_timeout: Option<Spanned<String>>,
+    pub offline_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +58,8 @@ pub(super) struct RawTerminal {
     pub kind: Spanned<String>,
     pub min_interval: Option<Spanned<String>>,
     pub presses_per_minute: Option<Spanned<f64>>,
+    pub port: Option<Spanned<String>>,
+    pub address: Option<Spanned<i64>>,
 }
 
 /// A size written either as a number of bytes or as text with a unit.

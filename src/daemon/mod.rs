@@ -14,6 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
 use crate::journal::{self, Journal, JournalError, JournalService};
+use crate::sources::registry::Registry;
+use crate::sources::serial::{self, PortContext};
 use crate::sources::{simulated, Intake};
 
 /// How long sources get to finish after shutdown begins.
@@ -53,19 +55,33 @@ pub async fn run_until(
         "votegate starting with config {}", config.path.display()
     );
     let journal = open_journal(&config)?;
-    let intake = Arc::new(Intake::new(journal.handle(), clock, &config.terminals));
+    let intake = Arc::new(Intake::new(
+        journal.handle(),
+        clock.clone(),
+        &config.terminals,
+    ));
+    let registry = Arc::new(Registry::new(&config.terminals));
     let sources = TaskTracker::new();
     for terminal in &config.terminals {
-        match &terminal.source {
-            SourceConfig::Simulated { presses_per_minute } => {
-                sources.spawn(simulated::run(
-                    terminal.id.clone(),
-                    *presses_per_minute,
-                    intake.clone(),
-                    shutdown.clone(),
-                ));
-            }
+        if let SourceConfig::Simulated { presses_per_minute } = &terminal.source {
+            sources.spawn(simulated::run(
+                terminal.id.clone(),
+                *presses_per_minute,
+                intake.clone(),
+                registry.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            ));
         }
+    }
+    for port in &config.serial_ports {
+        let context = PortContext {
+            intake: intake.clone(),
+            registry: registry.clone(),
+            clock: clock.clone(),
+            port: port.path.display().to_string(),
+        };
+        sources.spawn(serial::run_port(port.clone(), context, shutdown.clone()));
     }
     sources.close();
     log::info!(terminals = config.terminals.len(); "votegate running");

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::registry::Registry;
 use super::{Intake, PressEvent};
+use crate::clock::Clock;
 use crate::model::{Button, TerminalId};
 
 /// Share of presses per button (very unhappy … very happy), in percent.
@@ -17,9 +19,12 @@ pub async fn run(
     terminal: TerminalId,
     presses_per_minute: f64,
     intake: Arc<Intake>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
     let mut rng = fastrand::Rng::new();
+    registry.seen(&terminal, clock.now().wall_ms);
     log::info!(terminal:% = terminal; "simulated terminal pressing {presses_per_minute} times a minute on average");
     loop {
         let pause = next_pause(&mut rng, presses_per_minute);
@@ -33,8 +38,11 @@ pub async fn run(
             term_seq: None,
             age_ms: 0,
         };
-        if let Err(err) = intake.submit(event).await {
-            log::warn!(terminal:% = terminal; "simulated press not journaled: {err}");
+        match intake.submit(event).await {
+            Ok(_) => {
+                registry.seen(&terminal, clock.now().wall_ms);
+            }
+            Err(err) => log::warn!(terminal:% = terminal; "simulated press not journaled: {err}"),
         }
     }
 }
