@@ -9,3 +9,4 @@ mod harness;
 mod journal_crash;
 mod journal_model;
 mod protocol_spec;
+mod serial;

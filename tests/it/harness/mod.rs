@@ -2,6 +2,7 @@
 
 pub mod appender;
 pub mod powercut_fs;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +44,11 @@ impl RunningChild {
             stdout,
             stderr,
         }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the child has exited by itself.
