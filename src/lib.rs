@@ -7,7 +7,7 @@
 //! ## The pipeline is the module tree
 //!
 //! ```text
-//! sources (simulated, …) ──Append{press, reply}──▶ journal (sled, group commit)
+//! sources (simulated, serial) ──Append{press, reply}──▶ journal (sled, group commit)
 //!                                                     │ accepted votes (broadcast)
 //!                                                     ▼
 //!                                       tallies / display / uplink (later issues)
@@ -18,7 +18,8 @@
 //! | [`model`] | `Vote`, `Press`, `Button`, `TerminalId`: plain data, no I/O |
 //! | [`clock`] | wall clock, boot-relative monotonic time, boot id, NTP sync state, re-stamping |
 //! | [`config`] | the TOML file: raw serde structs → validated [`config::Config`] |
-//! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the press filter, the sources |
+//! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the press filter, the sources (simulated, serial) |
+//! | [`backoff`] | exponential backoff with jitter for everything that reconnects |
 //! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
@@ -26,10 +27,11 @@
 //!
 //! ## Dependency rule
 //! Checked by `tests/it/architecture.rs`, which scans `src/`:
-//! - sled is imported only in `journal/store.rs`;
+//! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
-//!   `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`) do no I/O;
+//!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`,
+//!   `sources/serial/frame.rs`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
 pub mod backoff;

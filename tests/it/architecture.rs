@@ -56,6 +56,11 @@ fn sled_is_imported_only_by_the_journal_store() {
 }
 
 #[test]
+fn tokio_serial_is_imported_only_by_the_port_opener() {
+    assert_eq!(files_mentioning("tokio_serial"), ["sources/serial/port.rs"]);
+}
+
+#[test]
 fn anyhow_stays_at_the_edge() {
     for file in files_mentioning("anyhow") {
         assert!(
