@@ -182,3 +182,44 @@ fn check_fails_on_an_unusable_data_dir() {
     );
     assert_eq!(output.status.code(), Some(1), "{report}");
 }
+
+#[test]
+fn check_probes_every_serial_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pty = crate::harness::pty::Pty::open().expect("pty");
+    let config = format!(
+        r#"gateway-id = "gw-test"
+site = "test-store"
+data-dir = "{}"
+
+[[terminal]]
+id = "entrance"
+kind = "serial"
+port = "{}"
+
+[[terminal]]
+id = "exit"
+kind = "serial"
+port = "/dev/serial/by-id/usb-not-plugged-in"
+"#,
+        dir.path().join("journal").display(),
+        pty.slave.display()
+    );
+    let config = write_file(dir.path(), "votegate.toml", &config);
+    let output = votegate(&["check", "--config", config.to_str().expect("utf-8")]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    let serial: Vec<&str> = report.lines().filter(|l| l.contains(" serial ")).collect();
+    assert_eq!(serial.len(), 2, "{report}");
+    assert_eq!(
+        serial[0],
+        format!(
+            "ok    serial     {}: opens at 115200 baud (point mode: entrance)",
+            pty.slave.display()
+        )
+    );
+    assert_eq!(
+        serial[1],
+        "FAIL  serial     /dev/serial/by-id/usb-not-plugged-in does not exist (is the adapter plugged in? see `ls -l /dev/serial/by-id/`)"
+    );
+    assert_eq!(output.status.code(), Some(1));
+}
