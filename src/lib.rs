@@ -43,3 +43,4 @@ pub mod journal;
 pub mod logging;
 pub mod model;
 pub mod sources;
+pub mod tallies;

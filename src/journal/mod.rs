@@ -25,6 +25,14 @@
 //! | `v` + seq (u64 BE) | vote record, format byte + postcard ([`record`]) |
 //! | `d` + id length (u8) + terminal id + term_seq (u64 BE) | seq (u64 BE) |
 //! | `m` | [`record::Meta`]: next_seq, dropped, depth, charged bytes |
+//! | `c` + UTC minute (u32 BE) + id length (u8) + terminal id | [`record::MinuteTally`]: that minute's votes per button |
+//!
+//! # Minute counts
+//! Every batch that accepts votes also updates, atomically, the count of votes per terminal,
+//! button and UTC minute ([`Journal::minute_tallies`]), kept for [`MINUTE_RETENTION`] minutes
+//! behind the newest minute seen. The local tallies rebuild from them after a restart: they
+//! survive crashes and the uplink deleting forwarded votes, and they cost one small write per
+//! batch and terminal.
 //!
 //! # Size bound
 //! Each buffered vote is charged its key, its value and [`record::PER_VOTE_OVERHEAD`] against
@@ -38,12 +46,18 @@ mod task;
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{Press, Seq, Vote};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{Press, Seq, TerminalId, Vote};
 use dedup::{DedupWindow, DEDUP_WINDOW};
-use record::{Meta, RecordError};
+use record::{Meta, MinuteTally, RecordError};
 use store::{Store, StoreError, WriteBatch};
 
 pub use task::{spawn, JournalHandle, JournalService};
+
+/// The journal's minute counts `(minute, terminal, counts)` and the `next_seq` they are
+/// consistent with.
+pub type MinuteTallies = (Vec<(u32, TerminalId, MinuteTally)>, Seq);
 
 /// The smallest `max-disk-size` accepted: a group of appends must always fit.
 pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
@@ -53,7 +67,11 @@ pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
 const ACK_CHUNK: usize = store::MAX_BATCH_OPS - 1;
 /// At most this many presses go into one atomic batch: each takes up to three writes (vote,
 /// dedup entry, evicted dedup entry) plus the deletes of drop-oldest, and one meta write ends it.
-pub const PRESSES_PER_BATCH: usize = 40;
+pub const PRESSES_PER_BATCH: usize = 32;
+/// How far back minute counts are kept (3 days: a tally day is at most 25 hours).
+pub const MINUTE_RETENTION: u32 = 3 * 24 * 60;
+/// Most expired minute counts deleted per batch.
+const MINUTE_PRUNE_PER_BATCH: usize = 16;
 
 /// What to do with a new vote when the journal has reached `max-disk-size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +192,7 @@ struct OpenJournal {
     store: Store,
     meta: Meta,
     dedup: DedupWindow,
+    minutes: BTreeMap<(u32, TerminalId), MinuteTally>,
     oldest: Option<Vote>,
     /// Deletes applied but not yet made durable.
     unsynced_acks: bool,
@@ -286,6 +305,19 @@ impl Journal {
         }
     }
 
+    /// The stored minute counts, and the `next_seq` they are consistent with: they include every
+    /// vote with a lower seq and none with a higher one.
+    pub fn minute_tallies(&mut self) -> Result<MinuteTallies, JournalError> {
+        self.with_store(|open, _| {
+            let tallies = open
+                .minutes
+                .iter()
+                .map(|((minute, terminal), tally)| (*minute, terminal.clone(), *tally))
+                .collect();
+            Ok((tallies, open.meta.next_seq))
+        })
+    }
+
     /// Bytes sled's files take on disk, if the store is open.
     pub fn size_on_disk(&self) -> Option<u64> {
         self.open.as_ref()?.store.size_on_disk().ok()
@@ -355,10 +387,12 @@ impl OpenJournal {
             }
         }
         let dedup = load_dedup(&store, dir)?;
+        let minutes = load_minutes(&store, dir)?;
         let mut open = OpenJournal {
             store,
             meta,
             dedup,
+            minutes,
             oldest: None,
             unsynced_acks: false,
         };
@@ -377,6 +411,7 @@ impl OpenJournal {
         // Oldest stored votes not yet deleted by this batch, for drop-oldest.
         let mut drop_cursor = self.oldest.as_ref().map_or(self.meta.next_seq, |v| v.seq);
         let first_new_seq = self.meta.next_seq;
+        let mut touched_minutes = BTreeSet::new();
         for press in presses {
             if let Some(term_seq) = press.term_seq {
                 if let Some(seq) = self.dedup.lookup(&press.terminal, term_seq) {
@@ -420,14 +455,42 @@ impl OpenJournal {
             self.meta.next_seq += 1;
             self.meta.depth += 1;
             self.meta.charged_bytes += cost;
+            let minute = (record::minute_of(vote.ts_ms), vote.terminal.clone());
+            self.minutes.entry(minute.clone()).or_default().add(&vote);
+            touched_minutes.insert(minute);
             outcomes.push(Outcome::Accepted(vote));
         }
+        for key in &touched_minutes {
+            if let Some(tally) = self.minutes.get(key) {
+                batch.put(&record::minute_key(key.0, &key.1), &tally.encode());
+            }
+        }
+        self.prune_minutes(&mut batch);
         batch.put(record::META_KEY, &self.meta.encode());
         self.store.apply(batch).map_err(|e| storage(dir, e))?;
         if self.oldest.is_none() || drop_cursor != self.oldest.as_ref().map_or(0, |v| v.seq) {
             self.refresh_oldest(dir)?;
         }
         Ok(outcomes)
+    }
+
+    /// Deletes a few minute counts older than [`MINUTE_RETENTION`] behind the newest minute.
+    fn prune_minutes(&mut self, batch: &mut WriteBatch) {
+        let Some(newest) = self.minutes.keys().map(|(minute, _)| *minute).max() else {
+            return;
+        };
+        let horizon = newest.saturating_sub(MINUTE_RETENTION);
+        let expired: Vec<(u32, TerminalId)> = self
+            .minutes
+            .keys()
+            .take_while(|(minute, _)| *minute < horizon)
+            .take(MINUTE_PRUNE_PER_BATCH)
+            .cloned()
+            .collect();
+        for key in expired {
+            batch.delete(&record::minute_key(key.0, &key.1));
+            self.minutes.remove(&key);
+        }
     }
 
     /// Flushes and fsyncs everything applied so far, appends and acks alike.
@@ -574,6 +637,28 @@ fn load_dedup(store: &Store, dir: &Path) -> Result<DedupWindow, JournalError> {
         window.remember(&terminal, term_seq, seq);
     }
     Ok(window)
+}
+
+fn load_minutes(
+    store: &Store,
+    dir: &Path,
+) -> Result<BTreeMap<(u32, TerminalId), MinuteTally>, JournalError> {
+    let mut minutes = BTreeMap::new();
+    for (key, value) in store
+        .scan_prefix(&[record::MINUTE_PREFIX])
+        .map_err(|e| storage(dir, e))?
+    {
+        let Some(minute) = record::parse_minute_key(&key) else {
+            continue;
+        };
+        let tally = MinuteTally::decode(&value).map_err(|cause| JournalError::Record {
+            dir: dir.to_path_buf(),
+            key: format!("minute {} {}", minute.0, minute.1),
+            cause,
+        })?;
+        minutes.insert(minute, tally);
+    }
+    Ok(minutes)
 }
 
 fn decode(dir: &Path, seq: Seq, value: &[u8]) -> Result<Vote, JournalError> {

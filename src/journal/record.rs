@@ -14,6 +14,9 @@ pub const VOTE_PREFIX: u8 = b'v';
 pub const DEDUP_PREFIX: u8 = b'd';
 /// The single metadata key.
 pub const META_KEY: &[u8] = b"m";
+/// Prefix of minute-count keys: `c` + UTC minute (u32 big-endian) + id length (u8) + terminal id.
+pub const MINUTE_PREFIX: u8 = b'c';
+const MINUTE_FORMAT_V1: u8 = 1;
 
 const VOTE_FORMAT_V1: u8 = 1;
 const META_FORMAT_V1: u8 = 1;
@@ -85,6 +88,72 @@ pub fn encode_seq(seq: Seq) -> [u8; 8] {
 /// Reads a value written by [`encode_seq`].
 pub fn decode_seq(value: &[u8]) -> Option<Seq> {
     Some(Seq::from_be_bytes(value.try_into().ok()?))
+}
+
+/// The key of the counts of `terminal` in UTC minute `minute` (minutes since the Unix epoch).
+pub fn minute_key(minute: u32, terminal: &TerminalId) -> Vec<u8> {
+    let id = terminal.as_str().as_bytes();
+    let mut key = Vec::with_capacity(6 + id.len());
+    key.push(MINUTE_PREFIX);
+    key.extend_from_slice(&minute.to_be_bytes());
+    key.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    key.extend_from_slice(id);
+    key
+}
+
+/// The `(minute, terminal)` in a minute-count key.
+pub fn parse_minute_key(key: &[u8]) -> Option<(u32, TerminalId)> {
+    let [MINUTE_PREFIX, m0, m1, m2, m3, len, id @ ..] = key else {
+        return None;
+    };
+    if id.len() != usize::from(*len) {
+        return None;
+    }
+    let terminal = TerminalId::new(std::str::from_utf8(id).ok()?).ok()?;
+    Some((u32::from_be_bytes([*m0, *m1, *m2, *m3]), terminal))
+}
+
+/// Votes of one terminal in one minute: counted ones per button, and filtered ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteTally {
+    /// Counted (not filtered) votes per button, index 0 = button 1.
+    pub counted: [u32; 4],
+    /// Votes the anti-abuse filter marked.
+    pub filtered: u32,
+}
+
+impl MinuteTally {
+    /// Encodes the counts.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![MINUTE_FORMAT_V1];
+        bytes.extend(postcard::to_stdvec(self).unwrap_or_default());
+        bytes
+    }
+
+    /// Decodes the counts.
+    pub fn decode(value: &[u8]) -> Result<MinuteTally, RecordError> {
+        match value.split_first() {
+            Some((&MINUTE_FORMAT_V1, body)) => {
+                postcard::from_bytes(body).map_err(|err| RecordError::Corrupt(err.to_string()))
+            }
+            Some((&version, _)) => Err(RecordError::UnknownVersion(version)),
+            None => Err(RecordError::Corrupt("empty minute record".to_string())),
+        }
+    }
+
+    /// Adds one vote.
+    pub fn add(&mut self, vote: &Vote) {
+        if vote.filtered {
+            self.filtered += 1;
+        } else {
+            self.counted[vote.button.index()] += 1;
+        }
+    }
+}
+
+/// The UTC minute of a wall-clock time in ms.
+pub fn minute_of(ts_ms: u64) -> u32 {
+    u32::try_from(ts_ms / 60_000).unwrap_or(u32::MAX)
 }
 
 /// Vote record, format 1. Field order is the stored layout: append new fields in a new version.
@@ -250,6 +319,22 @@ mod tests {
         assert_eq!(parse_dedup_key(&dedup_key(&a, 5)), Some((a.clone(), 5)));
         assert_ne!(dedup_key(&a, 5), dedup_key(&b, 5));
         assert_eq!(parse_dedup_key(b"dxx"), None);
+    }
+
+    #[test]
+    fn minute_keys_sort_by_minute_and_round_trip() {
+        let a = TerminalId::new("entrance").expect("valid");
+        assert!(minute_key(100, &a) < minute_key(101, &a));
+        assert_eq!(
+            parse_minute_key(&minute_key(29_916_666, &a)),
+            Some((29_916_666, a))
+        );
+        let tally = MinuteTally {
+            counted: [1, 0, 5, 300],
+            filtered: 2,
+        };
+        assert_eq!(MinuteTally::decode(&tally.encode()), Ok(tally));
+        assert_eq!(minute_of(1_795_000_000_000), 29_916_666);
     }
 
     #[test]

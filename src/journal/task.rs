@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{Journal, JournalError, JournalStats, Outcome};
+use super::{Journal, JournalError, JournalStats, MinuteTallies, Outcome};
 use crate::model::{Press, Seq, Vote};
 
 /// Most requests handled per commit: bounds the latency of the last one in a burst, and keeps a
@@ -38,6 +38,9 @@ enum Request {
         after: Seq,
         max: usize,
         reply: oneshot::Sender<Result<Vec<Vote>, JournalError>>,
+    },
+    MinuteTallies {
+        reply: oneshot::Sender<Result<MinuteTallies, JournalError>>,
     },
     Shutdown {
         reply: oneshot::Sender<Result<(), JournalError>>,
@@ -69,6 +72,13 @@ impl JournalHandle {
     pub async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Vote>, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Read { after, max, reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// The minute counts (see [`Journal::minute_tallies`]).
+    pub async fn minute_tallies(&self) -> Result<MinuteTallies, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::MinuteTallies { reply })?;
         answer.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -206,6 +216,9 @@ impl Committer {
                 }
                 Request::Read { after, max, reply } => {
                     let _ = reply.send(self.journal.read_after(after, max));
+                }
+                Request::MinuteTallies { reply } => {
+                    let _ = reply.send(self.journal.minute_tallies());
                 }
                 Request::Shutdown { reply } => shutdown = Some(reply),
                 Request::Append { .. } => {}

@@ -50,6 +50,8 @@ struct Model {
     dedup: HashMap<(String, u64), u64>,
     next_seq: u64,
     dropped: u64,
+    /// (minute, terminal) → counted per button, filtered.
+    minutes: BTreeMap<(u32, String), ([u32; 4], u32)>,
 }
 
 impl Model {
@@ -60,6 +62,7 @@ impl Model {
             dedup: HashMap::new(),
             next_seq: 1,
             dropped: 0,
+            minutes: BTreeMap::new(),
         }
     }
 
@@ -114,6 +117,15 @@ impl Model {
                 },
             );
             self.next_seq += 1;
+            let counts = self
+                .minutes
+                .entry(((vote.ts_ms / 60_000) as u32, vote.terminal.to_string()))
+                .or_default();
+            if vote.filtered {
+                counts.1 += 1;
+            } else {
+                counts.0[vote.button.index()] += 1;
+            }
             outcomes.push(Outcome::Accepted(vote));
         }
         outcomes
@@ -134,7 +146,8 @@ fn press(terminal: usize, term_seq: Option<u64>, button: u8, n: u64) -> Press {
         button: Button::try_from(button).expect("valid button"),
         term_seq,
         at: PressTime {
-            ts_ms: 1_795_000_000_000 + n,
+            // Three presses a minute, so that minute counts both grow and span minutes.
+            ts_ms: 1_795_000_000_000 + n * 20_000,
             clock_synced: n % 3 != 0,
             boot_id: BootId([3; 16]),
             mono_ms: n,
@@ -171,6 +184,18 @@ fn check_same(journal: &mut Journal, model: &Model) -> Result<(), TestCaseError>
         })
         .collect();
     prop_assert_eq!(&stored, &model.votes);
+    let (minutes, next_seq) = journal.minute_tallies().expect("minute tallies");
+    prop_assert_eq!(next_seq, model.next_seq);
+    let minutes: BTreeMap<(u32, String), ([u32; 4], u32)> = minutes
+        .into_iter()
+        .map(|(minute, terminal, tally)| {
+            (
+                (minute, terminal.to_string()),
+                (tally.counted, tally.filtered),
+            )
+        })
+        .collect();
+    prop_assert_eq!(&minutes, &model.minutes, "minute counts");
     Ok(())
 }
 

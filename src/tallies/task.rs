@@ -1,0 +1,178 @@
+//! The tallies task: rebuilds the tallies from the journal's minute counts, then follows the
+//! journal's accepted votes, publishing a snapshot (for `GET /api/v1/tallies`) and a live event
+//! (for `GET /api/v1/events`) for each, and a fresh snapshot every minute as the windows roll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{LiveEvent, LiveFeed};
+use super::{rfc3339_utc, Tallies, TalliesSnapshot, TallyRules};
+use crate::clock::Clock;
+use crate::journal::{JournalError, JournalHandle};
+use crate::model::{Seq, TerminalId, Vote};
+
+/// How often the windows are recomputed without votes.
+const ROLL_EVERY: Duration = Duration::from_secs(30);
+
+/// What the tallies publish.
+#[derive(Clone)]
+pub struct TalliesOutput {
+    /// The latest snapshot.
+    pub snapshot: watch::Receiver<Arc<TalliesSnapshot>>,
+    /// Live events for screens.
+    pub feed: Arc<LiveFeed>,
+}
+
+/// A vote event's JSON.
+#[derive(Serialize)]
+struct VoteEventData<'a> {
+    vote: VoteJson<'a>,
+    tallies: &'a TalliesSnapshot,
+}
+
+/// A vote as screens see it.
+#[derive(Serialize)]
+pub struct VoteJson<'a> {
+    /// Its seq.
+    pub seq: Seq,
+    /// Its terminal.
+    pub terminal: &'a str,
+    /// 1 to 4.
+    pub button: u8,
+    /// RFC 3339 UTC.
+    pub ts: String,
+    /// Filtered by the anti-abuse rule (not counted).
+    pub filtered: bool,
+}
+
+impl<'a> VoteJson<'a> {
+    /// The screen view of a vote.
+    pub fn of(vote: &'a Vote) -> VoteJson<'a> {
+        VoteJson {
+            seq: vote.seq,
+            terminal: vote.terminal.as_str(),
+            button: vote.button.number(),
+            ts: rfc3339_utc(i64::try_from(vote.ts_ms).unwrap_or(i64::MAX)),
+            filtered: vote.filtered,
+        }
+    }
+}
+
+/// Starts the tallies: loads the journal's minute counts and returns the outputs, plus the task
+/// to spawn.
+pub async fn start(
+    rules: TallyRules,
+    terminals: Vec<TerminalId>,
+    journal: JournalHandle,
+    votes: broadcast::Receiver<Vote>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
+    let mut tallies = Tallies::new(rules.clone(), &terminals);
+    // `votes` was subscribed before this read: votes below `next_seq` are in the counts.
+    let (counts, next_seq) = journal.minute_tallies().await?;
+    tallies.load(&counts);
+    let now = now_ms(&*clock);
+    let (snapshot_tx, snapshot) = watch::channel(Arc::new(tallies.snapshot(now)));
+    let feed = Arc::new(LiveFeed::new());
+    let output = TalliesOutput {
+        snapshot,
+        feed: feed.clone(),
+    };
+    let follower = Follower {
+        rules,
+        terminals,
+        tallies,
+        skip_below: next_seq,
+        journal,
+        clock,
+        snapshot: snapshot_tx,
+        feed,
+    };
+    Ok((output, follower.run(votes, shutdown)))
+}
+
+fn now_ms(clock: &dyn Clock) -> i64 {
+    i64::try_from(clock.now().wall_ms).unwrap_or(i64::MAX)
+}
+
+struct Follower {
+    rules: TallyRules,
+    terminals: Vec<TerminalId>,
+    tallies: Tallies,
+    skip_below: Seq,
+    journal: JournalHandle,
+    clock: Arc<dyn Clock>,
+    snapshot: watch::Sender<Arc<TalliesSnapshot>>,
+    feed: Arc<LiveFeed>,
+}
+
+impl Follower {
+    async fn run(mut self, mut votes: broadcast::Receiver<Vote>, shutdown: CancellationToken) {
+        let mut roll = tokio::time::interval(ROLL_EVERY);
+        roll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = roll.tick() => self.roll(),
+                received = votes.recv() => match received {
+                    Ok(vote) => self.add(&vote),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        log::warn!("tallies fell {missed} votes behind; rebuilding from the journal");
+                        self.rebuild().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    fn add(&mut self, vote: &Vote) {
+        if vote.seq < self.skip_below {
+            return;
+        }
+        self.tallies.add(vote);
+        let snapshot = Arc::new(self.tallies.snapshot(now_ms(&*self.clock)));
+        let data = VoteEventData {
+            vote: VoteJson::of(vote),
+            tallies: &snapshot,
+        };
+        self.feed.publish(LiveEvent {
+            id: Some(vote.seq),
+            kind: "vote",
+            data: serde_json::to_string(&data).unwrap_or_default(),
+        });
+        self.snapshot.send_replace(snapshot);
+    }
+
+    fn roll(&mut self) {
+        let now = now_ms(&*self.clock);
+        self.tallies.prune(now);
+        let snapshot = Arc::new(self.tallies.snapshot(now));
+        if **self.snapshot.borrow() != *snapshot {
+            self.feed.publish(LiveEvent {
+                id: None,
+                kind: "tallies",
+                data: serde_json::to_string(&*snapshot).unwrap_or_default(),
+            });
+        }
+        self.snapshot.send_replace(snapshot);
+    }
+
+    async fn rebuild(&mut self) {
+        match self.journal.minute_tallies().await {
+            Ok((counts, next_seq)) => {
+                let mut tallies = Tallies::new(self.rules.clone(), &self.terminals);
+                tallies.load(&counts);
+                self.tallies = tallies;
+                self.skip_below = next_seq;
+                self.roll();
+            }
+            Err(err) => log::error!("tallies cannot rebuild from the journal: {err}"),
+        }
+    }
+}
