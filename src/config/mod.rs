@@ -6,6 +6,7 @@
 //! `journal.when-full`) and, where it can, the line. Relative paths are relative to the config
 //! file's folder.
 
+mod display;
 mod raw;
 mod serial;
 pub mod units;
@@ -70,6 +71,12 @@ pub struct Config {
     pub time_zone: TimeZoneSetting,
     /// Log level (the `VOTEGATE_LOG` environment variable overrides it).
     pub log_level: log::LevelFilter,
+    /// Where the HTTP API and the display page listen.
+    pub listen: std::net::SocketAddr,
+    /// The in-store screen.
+    pub display: DisplayConfig,
+    /// Opening hours, if configured: presses outside them are counted apart.
+    pub opening_hours: Option<crate::tallies::OpeningHours>,
     /// Journal size limits and cache.
     pub journal: Limits,
     /// The terminals, in file order.
@@ -104,6 +111,33 @@ pub struct SerialPortConfig {
     pub offline_after: Duration,
     /// `(address, terminal)`: address 0 in point mode.
     pub terminals: Vec<(u8, TerminalId)>,
+}
+
+/// Where the HTTP API listens when the config does not say: this machine only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Settings of the display page and the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayConfig {
+    /// The question above the smileys.
+    pub title: String,
+    /// When the tally day starts (local time).
+    pub day_start: jiff::civil::Time,
+    /// Most screens (server-sent event streams) served at once.
+    pub max_screens: usize,
+    /// Origins allowed by CORS (`*` = any), for screens served from elsewhere.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> DisplayConfig {
+        DisplayConfig {
+            title: "How was your visit today?".to_string(),
+            day_start: jiff::civil::Time::midnight(),
+            max_screens: 64,
+            allowed_origins: vec!["*".to_string()],
+        }
+    }
 }
 
 /// A validated IANA time zone.
@@ -154,6 +188,16 @@ impl SourceConfig {
 }
 
 impl Config {
+    /// How the tallies count the site's day.
+    pub fn tally_rules(&self) -> crate::tallies::TallyRules {
+        crate::tallies::TallyRules {
+            zone: self.time_zone.zone.clone(),
+            zone_name: self.time_zone.name.clone(),
+            day_start: self.display.day_start,
+            opening_hours: self.opening_hours.clone(),
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
@@ -254,6 +298,13 @@ impl Document<'_> {
             })?,
             None => log::LevelFilter::Info,
         };
+        let listen = self.listen(raw.listen.as_ref())?;
+        let display = self.display(&raw.display)?;
+        let opening_hours = raw
+            .opening_hours
+            .as_ref()
+            .map(|hours| self.opening_hours(hours))
+            .transpose()?;
         let journal = self.journal(&raw.journal)?;
         let default_interval = match &raw.filter.min_interval {
             Some(value) => self.min_interval("filter.min-interval", value)?,
@@ -268,6 +319,9 @@ impl Document<'_> {
             data_dir,
             time_zone,
             log_level,
+            listen,
+            display,
+            opening_hours,
             journal,
             terminals,
             serial_ports,

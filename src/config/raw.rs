@@ -13,6 +13,10 @@ pub(super) struct RawConfig {
     pub data_dir: Option<Spanned<String>>,
     pub time_zone: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub display: RawDisplay,
+    pub opening_hours: Option<RawOpeningHours>,
     #[serde(default)]
     pub journal: RawJournal,
     #[serde(default)]
@@ -21,6 +25,37 @@ pub(super) struct RawConfig {
     pub terminal: Vec<Spanned<RawTerminal>>,
     #[serde(default)]
     pub serial_port: Vec<Spanned<RawSerialPort>>,
+}
+
+/// The `[display]` table: the in-store screen and the HTTP API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawDisplay {
+    pub title: Option<Spanned<String>>,
+    pub day_starts_at: Option<Spanned<String>>,
+    pub max_screens: Option<Spanned<i64>>,
+    pub allowed_origins: Option<Spanned<Vec<String>>>,
+}
+
+/// The `[opening-hours]` table: every weekday, as `"08:00-20:00"`, a list of such, or `"closed"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawOpeningHours {
+    pub monday: Spanned<Hours>,
+    pub tuesday: Spanned<Hours>,
+    pub wednesday: Spanned<Hours>,
+    pub thursday: Spanned<Hours>,
+    pub friday: Spanned<Hours>,
+    pub saturday: Spanned<Hours>,
+    pub sunday: Spanned<Hours>,
+}
+
+/// One day's opening hours as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Hours {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// One `[[serial-port]]` table: settings of a port that terminals name with `port`.

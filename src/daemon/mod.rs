@@ -5,18 +5,21 @@
 //! everything durable and stops. The whole sequence stays well inside systemd's default 90 s and
 //! the contract's 5 s.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::{Config, SourceConfig};
+use crate::display::{self, DisplayState};
 use crate::journal::{self, Journal, JournalError, JournalService};
 use crate::sources::registry::Registry;
 use crate::sources::serial::{self, PortContext};
 use crate::sources::{simulated, Intake};
+use crate::status::StatusSource;
 
 /// How long sources get to finish after shutdown begins.
 const SOURCE_GRACE: Duration = Duration::from_secs(2);
@@ -33,6 +36,14 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot listen for SIGTERM/SIGINT: {0}")]
     Signals(std::io::Error),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr} (config key `listen`): {cause}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why (often: another program has the port).
+        cause: std::io::Error,
+    },
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -54,13 +65,92 @@ pub async fn run_until(
         version = env!("CARGO_PKG_VERSION"), gateway:% = config.gateway_id, site:% = config.site;
         "votegate starting with config {}", config.path.display()
     );
+    let started = Instant::now();
     let journal = open_journal(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|cause| DaemonError::Listen {
+            addr: config.listen,
+            cause,
+        })?;
+    let tasks = TaskTracker::new();
     let intake = Arc::new(Intake::new(
         journal.handle(),
         clock.clone(),
         &config.terminals,
     ));
     let registry = Arc::new(Registry::new(&config.terminals));
+    let status = StatusSource {
+        gateway_id: config.gateway_id.clone(),
+        site: config.site.clone(),
+        started,
+        journal: journal.stats(),
+        registry: registry.clone(),
+        clock: clock.clone(),
+    };
+    start_display(
+        &config, &journal, status, listener, &clock, &tasks, &shutdown,
+    )
+    .await?;
+    let sources = spawn_sources(&config, &intake, &registry, &clock, &shutdown);
+    log::info!(terminals = config.terminals.len(); "votegate running");
+
+    shutdown.cancelled().await;
+    log::info!("shutting down");
+    tasks.close();
+    let stopped = async { tokio::join!(sources.wait(), tasks.wait()) };
+    if tokio::time::timeout(SOURCE_GRACE, stopped).await.is_err() {
+        log::warn!("tasks did not stop within {SOURCE_GRACE:?}; closing the journal anyway");
+    }
+    drop(intake);
+    let stats = journal.stats().borrow().clone();
+    journal.shutdown().await?;
+    log::info!(depth = stats.depth, next_seq = stats.next_seq; "journal flushed, votegate stopped");
+    Ok(())
+}
+
+/// Starts the tallies (rebuilt from the journal) and the HTTP server on `listener`.
+async fn start_display(
+    config: &Config,
+    journal: &JournalService,
+    status: StatusSource,
+    listener: tokio::net::TcpListener,
+    clock: &Arc<dyn Clock>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let terminal_ids: Vec<_> = config.terminals.iter().map(|t| t.id.clone()).collect();
+    let (tallies, follower) = crate::tallies::task::start(
+        config.tally_rules(),
+        terminal_ids,
+        journal.handle(),
+        journal.subscribe(),
+        clock.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(follower);
+    let state = DisplayState::new(tallies, status, &config.display, shutdown.clone());
+    let router = display::router(state, &config.display.allowed_origins);
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    log::info!(listen:% = bound; "display and HTTP API on http://{bound}/");
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = display::serve(listener, router, shutdown).await {
+            log::error!("HTTP server stopped: {err}");
+        }
+    });
+    Ok(())
+}
+
+/// Starts one task per simulated terminal and per serial port.
+fn spawn_sources(
+    config: &Config,
+    intake: &Arc<Intake>,
+    registry: &Arc<Registry>,
+    clock: &Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
     let sources = TaskTracker::new();
     for terminal in &config.terminals {
         if let SourceConfig::Simulated { presses_per_minute } = &terminal.source {
@@ -84,21 +174,7 @@ pub async fn run_until(
         sources.spawn(serial::run_port(port.clone(), context, shutdown.clone()));
     }
     sources.close();
-    log::info!(terminals = config.terminals.len(); "votegate running");
-
-    shutdown.cancelled().await;
-    log::info!("shutting down");
-    if tokio::time::timeout(SOURCE_GRACE, sources.wait())
-        .await
-        .is_err()
-    {
-        log::warn!("sources did not stop within {SOURCE_GRACE:?}; closing the journal anyway");
-    }
-    drop(intake);
-    let stats = journal.stats().borrow().clone();
-    journal.shutdown().await?;
-    log::info!(depth = stats.depth, next_seq = stats.next_seq; "journal flushed, votegate stopped");
-    Ok(())
+    sources
 }
 
 fn open_journal(config: &Config) -> Result<JournalService, DaemonError> {

@@ -175,6 +175,22 @@ pub struct JournalStats {
     /// Durable commits (flush + fsync) since the journal was opened; with group commit, several
     /// appends share one.
     pub commits: u64,
+    /// Since start: presses accepted, of them filtered, retransmissions answered from the dedup
+    /// window, and presses refused because the journal was full.
+    pub outcomes: OutcomeCounts,
+}
+
+/// What happened to appended presses, since the journal was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Stored under a new seq.
+    pub accepted: u64,
+    /// Of those, marked filtered by the anti-abuse rule.
+    pub filtered: u64,
+    /// Already stored (retransmissions).
+    pub duplicates: u64,
+    /// Refused: journal full with `reject-new`.
+    pub refused: u64,
 }
 
 /// The journal's state: an open store and the in-memory mirror of its counters and dedup window.
@@ -186,6 +202,7 @@ pub struct Journal {
     /// Drops counted while the store was unavailable, added to `meta.dropped` on the next write.
     unsaved_drops: u64,
     commits: u64,
+    outcomes: OutcomeCounts,
 }
 
 struct OpenJournal {
@@ -208,6 +225,7 @@ impl Journal {
             open: Some(open),
             unsaved_drops: 0,
             commits: 0,
+            outcomes: OutcomeCounts::default(),
         })
     }
 
@@ -239,6 +257,16 @@ impl Journal {
             Ok(outcomes) => {
                 self.unsaved_drops = 0;
                 self.commits += 1;
+                for outcome in &outcomes {
+                    match outcome {
+                        Outcome::Accepted(vote) => {
+                            self.outcomes.accepted += 1;
+                            self.outcomes.filtered += u64::from(vote.filtered);
+                        }
+                        Outcome::Duplicate(_) => self.outcomes.duplicates += 1,
+                        Outcome::Refused => self.outcomes.refused += 1,
+                    }
+                }
                 self.report_drops(dropped_before);
                 Ok(outcomes)
             }
@@ -295,11 +323,13 @@ impl Journal {
                 max_disk_bytes: self.limits.max_disk_bytes,
                 available: true,
                 commits: self.commits,
+                outcomes: self.outcomes,
             },
             None => JournalStats {
                 dropped: self.unsaved_drops,
                 max_disk_bytes: self.limits.max_disk_bytes,
                 commits: self.commits,
+                outcomes: self.outcomes,
                 ..JournalStats::default()
             },
         }

@@ -16,6 +16,7 @@ fn config_text(data_dir: &Path) -> String {
 site = "test-store"
 data-dir = "{}"
 time-zone = "UTC"
+listen = "127.0.0.1:0"
 
 [filter]
 min-interval = "0s"

@@ -1,0 +1,44 @@
+//! The JSON endpoints and the health check.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::DisplayState;
+
+/// `GET /api/v1/tallies`: per terminal and for the site, today / last 60 min / last 15 min.
+pub async fn tallies(State(state): State<DisplayState>) -> Response {
+    let snapshot = state.tallies.snapshot.borrow().clone();
+    json(&*snapshot)
+}
+
+/// `GET /api/v1/status`.
+pub async fn status(State(state): State<DisplayState>) -> Response {
+    json(&state.status.snapshot())
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 with the reason.
+pub async fn healthz(State(state): State<DisplayState>) -> Response {
+    match state.status.snapshot().health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode: {err}\n"),
+        )
+            .into_response(),
+    }
+}
