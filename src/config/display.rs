@@ -115,13 +115,15 @@ impl Document<'_> {
                     .and_then(|(open, close)| Some((parse_time(open)?, parse_time(close)?)));
                 match parsed {
                     Some((open, close)) if open != close => slot.push((open, close)),
-                    _ => return Err(self.invalid(
-                        &format!("opening-hours.{day}"),
-                        value,
-                        format!(
+                    _ => {
+                        return Err(self.invalid(
+                            &format!("opening-hours.{day}"),
+                            value,
+                            format!(
                             "{range:?} is not a range like \"08:00-20:00\" (or write \"closed\")"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
         }

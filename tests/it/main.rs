@@ -5,6 +5,7 @@
 mod architecture;
 mod cli;
 mod config_files;
+mod display;
 mod harness;
 mod journal_crash;
 mod journal_model;

@@ -1,11 +1,13 @@
 //! Shared test harness: temp folders, the votegate binary, child processes.
 
 pub mod appender;
+pub mod http;
 pub mod powercut_fs;
 pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// The `votegate` binary built for this test run.
 pub fn votegate_bin() -> &'static str {
@@ -27,22 +29,29 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-/// A child process whose output is read continuously, so that it never blocks on a full pipe.
+/// A child process whose output is read continuously (so it never blocks on a full pipe) and
+/// can be watched while it runs.
 pub struct RunningChild {
     child: Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningChild {
     /// Wraps a child spawned with piped stdout and stderr.
     pub fn new(mut child: Child) -> RunningChild {
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            drain(child.stdout.take(), stdout.clone()),
+            drain(child.stderr.take(), stderr.clone()),
+        ];
         RunningChild {
             child,
             stdout,
             stderr,
+            readers,
         }
     }
 
@@ -51,9 +60,38 @@ impl RunningChild {
         self.child.id()
     }
 
+    /// Its stdin, if it was spawned with a piped one.
+    pub fn stdin(&mut self) -> Option<&mut std::process::ChildStdin> {
+        self.child.stdin.as_mut()
+    }
+
     /// Whether the child has exited by itself.
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for a stderr line containing `needle`; returns the line.
+    pub fn wait_for_stderr(&self, needle: &str, limit: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(line) = self.stderr_so_far().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Waits up to `limit` for the child to exit by itself; returns its status (None if it is
@@ -80,20 +118,28 @@ impl RunningChild {
     pub fn kill(mut self) -> (String, String) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        (
-            self.stdout.join().unwrap_or_default(),
-            self.stderr.join().unwrap_or_default(),
-        )
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        (self.stdout_so_far(), self.stderr_so_far())
     }
 }
 
-fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+fn drain(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut text = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut text);
+        let Some(mut pipe) = pipe else { return };
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut text) = into.lock() {
+                text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
         }
-        String::from_utf8_lossy(&text).into_owned()
     })
 }
 

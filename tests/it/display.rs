@@ -1,0 +1,329 @@
+//! The local HTTP API, black box: `votegate run` with one serial terminal whose presses are typed
+//! into `votegate simulate --stdin`, so every count is known.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use votegate::journal::{Journal, Limits};
+
+use crate::harness::http::{self, EventStream};
+use crate::harness::pty::Line;
+use crate::harness::{votegate_bin, write_file, RunningChild};
+
+/// A gateway with one serial terminal `entrance` and a simulator to press its buttons.
+pub struct Site {
+    /// The temp folder (config, journal, line).
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// The running gateway.
+    pub gateway: Option<RunningChild>,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    simulator: RunningChild,
+    _line: Line,
+}
+
+fn config_text(data_dir: &Path, port: &Path, max_screens: usize) -> String {
+    format!(
+        r#"gateway-id = "gw-display"
+site = "test-store"
+data-dir = "{}"
+time-zone = "Europe/Berlin"
+listen = "127.0.0.1:0"
+
+[display]
+title = "How was your visit today?"
+max-screens = {max_screens}
+
+[filter]
+min-interval = "0s"
+
+[[terminal]]
+id = "entrance"
+kind = "serial"
+port = "{}"
+"#,
+        data_dir.display(),
+        port.display()
+    )
+}
+
+/// Starts `votegate run` and returns it with the address it listens on.
+pub fn start_gateway(config: &Path) -> (RunningChild, SocketAddr) {
+    let gateway = RunningChild::new(
+        Command::new(votegate_bin())
+            .args(["run", "--config", config.to_str().expect("utf-8")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("votegate run"),
+    );
+    let line = gateway
+        .wait_for_stderr("display and HTTP API on http://", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("gateway did not start:\n{}", gateway.stderr_so_far()));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the log");
+    (gateway, addr)
+}
+
+impl Site {
+    /// A running site.
+    pub fn start(max_screens: usize) -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let line = Line::new(&dir.path().join("ttyUSB-entrance"));
+        let config = write_file(
+            dir.path(),
+            "votegate.toml",
+            &config_text(&dir.path().join("journal"), &line.gateway_path, max_screens),
+        );
+        let (gateway, addr) = start_gateway(&config);
+        let simulator = RunningChild::new(
+            Command::new(votegate_bin())
+                .args([
+                    "simulate",
+                    "--serial",
+                    line.terminal_path.to_str().expect("utf-8"),
+                ])
+                .args([
+                    "--terminal",
+                    "entrance",
+                    "--stdin",
+                    "--retransmit-ms",
+                    "200",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("votegate simulate"),
+        );
+        Site {
+            dir,
+            config,
+            gateway: Some(gateway),
+            addr,
+            simulator,
+            _line: line,
+        }
+    }
+
+    /// Presses buttons on the terminal and waits until the site's total reaches `total`.
+    pub fn press(&mut self, buttons: &[u8], total: u64) {
+        let stdin = self.simulator.stdin().expect("piped stdin");
+        for button in buttons {
+            writeln!(stdin, "{button}").expect("press");
+        }
+        stdin.flush().expect("flush");
+        self.wait_total(total);
+    }
+
+    /// Waits until today's site total is `total`.
+    pub fn wait_total(&self, total: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let tallies = http::get(self.addr, "/api/v1/tallies").json();
+            if tallies["site"]["today"]["total"] == total {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "total never reached {total}: {tallies}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the gateway with SIGTERM; it must exit 0 within 5 s.
+    pub fn stop_gateway(&mut self) -> String {
+        let gateway = self.gateway.take().expect("running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(gateway.pid() as i32, libc::SIGTERM) };
+        let (status, log) = gateway.wait(Duration::from_secs(5));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "gateway did not stop cleanly:\n{log}"
+        );
+        log
+    }
+
+    /// Starts the gateway again on the same config.
+    pub fn restart_gateway(&mut self) {
+        let (gateway, addr) = start_gateway(&self.config);
+        self.gateway = Some(gateway);
+        self.addr = addr;
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.kill();
+        }
+    }
+}
+
+#[test]
+fn every_endpoint_answers_as_the_contract_says() {
+    let mut site = Site::start(8);
+    let addr = site.addr;
+
+    let page = http::get(addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    assert!(page.body.contains("How was your visit today?"));
+
+    let mut stream = EventStream::open(addr, "/api/v1/events", None);
+    assert_eq!(stream.status, 200);
+    let reset = stream.next().expect("first event");
+    assert_eq!(reset.event, "reset");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&reset.data).expect("json")["site"]["today"]
+            ["total"],
+        0
+    );
+
+    site.press(&[4, 4, 1], 3);
+    let votes: Vec<_> = (0..3).map(|_| stream.next().expect("vote event")).collect();
+    let ids: Vec<u64> = votes
+        .iter()
+        .map(|e| e.id.as_deref().expect("id").parse().expect("seq"))
+        .collect();
+    assert!(votes.iter().all(|e| e.event == "vote"), "{votes:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let last: serde_json::Value = serde_json::from_str(&votes[2].data).expect("json");
+    assert_eq!(last["vote"]["button"], 1);
+    assert_eq!(last["vote"]["terminal"], "entrance");
+    assert_eq!(last["tallies"]["site"]["today"]["total"], 3);
+
+    // A screen that saw only the first vote gets exactly the two it missed, then live ones.
+    let mut again = EventStream::open(addr, "/api/v1/events", Some(&ids[0].to_string()));
+    let replayed: Vec<String> = (0..2)
+        .map(|_| again.next().expect("replay").id.expect("id"))
+        .collect();
+    assert_eq!(replayed, [ids[1].to_string(), ids[2].to_string()]);
+    site.press(&[3], 4);
+    let live = again.next().expect("live event");
+    assert_eq!(live.event, "vote");
+    assert!(live.id.expect("id").parse::<u64>().expect("seq") > ids[2]);
+
+    let tallies = http::get(addr, "/api/v1/tallies");
+    assert_eq!(tallies.status, 200);
+    let tallies = tallies.json();
+    let today = &tallies["terminals"]["entrance"]["today"];
+    assert_eq!(
+        (
+            today["very_unhappy"].as_u64(),
+            today["happy"].as_u64(),
+            today["very_happy"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
+    assert_eq!(today["total"], 4);
+    assert!((today["positive_pct"].as_f64().expect("score") - 75.0).abs() < 1e-9);
+    // Σ(button − 1) / (3 · counted) × 100 = (3 + 3 + 0 + 2) / 12 × 100
+    assert!((today["happy_index"].as_f64().expect("score") - 800.0 / 12.0).abs() < 1e-9);
+    assert_eq!(tallies["site"]["last_15m"]["total"], 4);
+    assert_eq!(tallies["time_zone"], "Europe/Berlin");
+
+    let status = http::get(addr, "/api/v1/status").json();
+    assert_eq!(status["journal"]["depth"], 4);
+    assert_eq!(status["journal"]["accepted"], 4);
+    assert_eq!(status["terminals"]["entrance"]["online"], true);
+    assert_eq!(status["terminals"]["entrance"]["firmware"], "sim-1.0");
+    assert_eq!(status["uplink"]["state"], "not-configured");
+    assert!(status["sources"]["frames"].as_u64().expect("frames") >= 5);
+
+    let health = http::get(addr, "/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    let metrics = http::get(addr, "/metrics");
+    assert!(metrics
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+    for line in [
+        "votegate_votes_accepted_total 4",
+        "votegate_journal_depth 4",
+        "votegate_terminals_online 1",
+        "votegate_votes_today{terminal=\"entrance\",button=\"4\"} 2",
+        "votegate_screens_connected 2",
+    ] {
+        assert!(
+            metrics.body.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            metrics.body
+        );
+    }
+
+    let cors = http::request(
+        addr,
+        "GET",
+        "/api/v1/tallies",
+        &[("Origin", "http://screen.local:3000")],
+    );
+    assert_eq!(cors.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        http::request(addr, "POST", "/api/v1/tallies", &[]).status,
+        405
+    );
+    assert_eq!(http::get(addr, "/api/v2/nothing").status, 404);
+}
+
+#[test]
+fn todays_counts_survive_a_restart_and_the_uplink_deleting_every_vote() {
+    let mut site = Site::start(8);
+    site.press(&[3, 3, 2, 4], 4);
+    let before = http::get(site.addr, "/api/v1/tallies").json();
+    site.stop_gateway();
+
+    // Everything was forwarded: the uplink deleted every vote.
+    {
+        let mut journal =
+            Journal::open(&site.dir.path().join("journal"), Limits::default()).expect("journal");
+        let last = journal.stats().next_seq - 1;
+        assert_eq!(journal.ack_through(last), Ok(4));
+        journal.sync().expect("sync");
+        assert_eq!(journal.stats().depth, 0);
+    }
+
+    site.restart_gateway();
+    let after = http::get(site.addr, "/api/v1/tallies").json();
+    assert_eq!(after["site"]["today"], before["site"]["today"]);
+    assert_eq!(
+        after["terminals"]["entrance"]["last_60m"],
+        before["terminals"]["entrance"]["last_60m"]
+    );
+    assert_eq!(
+        http::get(site.addr, "/api/v1/status").json()["journal"]["depth"],
+        0
+    );
+    // And it keeps counting.
+    site.press(&[1], 5);
+}
+
+#[test]
+fn screens_are_bounded_and_event_streams_end_on_shutdown() {
+    let mut site = Site::start(2);
+    let mut first = EventStream::open(site.addr, "/api/v1/events", None);
+    let mut second = EventStream::open(site.addr, "/api/v1/events", None);
+    assert_eq!(first.next().map(|e| e.event).as_deref(), Some("reset"));
+    assert_eq!(second.next().map(|e| e.event).as_deref(), Some("reset"));
+    let third = http::get(site.addr, "/api/v1/events");
+    assert_eq!(third.status, 503);
+    assert!(third.body.contains("max-screens = 2"), "{}", third.body);
+
+    let stopping = Instant::now();
+    site.stop_gateway();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    assert_eq!(first.next(), None, "the stream must end with the daemon");
+    assert_eq!(second.next(), None);
+}
