@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 mod architecture;
+mod browser;
 mod cli;
 mod config_files;
 mod display;

@@ -32,15 +32,33 @@ impl Response {
 
 /// Sends one request (`Connection: close`) and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    request_with_body(addr, method, path, headers, None)
+}
+
+/// Sends one request with an optional JSON body.
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     head.push_str("\r\n");
+    head.push_str(body.unwrap_or_default());
     stream.write_all(head.as_bytes()).expect("send");
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader);
@@ -52,6 +70,15 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
         while let Some(chunk) = read_chunk(&mut reader) {
             body.extend(chunk);
         }
+        body
+    } else if let Some(length) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Some servers (chromedriver) keep the connection open: read exactly the body.
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
         body
     } else {
         let mut body = Vec::new();

@@ -1,6 +1,7 @@
 //! Shared test harness: temp folders, the votegate binary, child processes.
 
 pub mod appender;
+pub mod browser;
 pub mod http;
 pub mod powercut_fs;
 pub mod pty;
