@@ -3,6 +3,7 @@
 pub mod check;
 pub mod run;
 pub mod simulate;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,12 @@ pub enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Ask a running daemon for its terminals, tallies, buffer depth and uplink state.
+    Status {
+        /// The daemon's HTTP address (its `listen` key).
+        #[arg(long, value_name = "URL", default_value = status::DEFAULT_URL)]
+        url: String,
+    },
     /// Play serial terminals on a port (hardware/PROTOCOL.md); print each acknowledged vote as JSON.
     Simulate(simulate::SimulateArgs),
 }
@@ -55,5 +62,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
         Command::Simulate(args) => simulate::simulate(args),
+        Command::Status { url } => status::status(&url),
     }
 }

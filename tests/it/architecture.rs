@@ -61,6 +61,13 @@ fn tokio_serial_is_imported_only_by_the_port_opener() {
 }
 
 #[test]
+fn axum_stays_in_the_display() {
+    for file in files_mentioning("axum") {
+        assert!(file.starts_with("display/"), "{file} uses axum");
+    }
+}
+
+#[test]
 fn anyhow_stays_at_the_edge() {
     for file in files_mentioning("anyhow") {
         assert!(
@@ -78,6 +85,7 @@ fn pure_modules_do_no_io() {
         "journal/dedup.rs",
         "sources/filter.rs",
         "config/units.rs",
+        "tallies/mod.rs",
     ];
     let io = [
         "std::fs",

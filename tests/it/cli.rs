@@ -224,3 +224,25 @@ port = "/dev/serial/by-id/usb-not-plugged-in"
     );
     assert_eq!(output.status.code(), Some(1));
 }
+
+#[test]
+fn status_says_when_no_daemon_answers() {
+    // A port that is certainly closed: bind it, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let output = votegate(&["status", "--url", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with(&format!(
+            "votegate: cannot reach votegate at http://127.0.0.1:{port} (is it running?"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        votegate(&["status", "--url", "https://x"]).status.code(),
+        Some(2)
+    );
+}
