@@ -139,6 +139,7 @@ fn main() {
             journal: service.stats(),
             registry,
             clock: clock.clone(),
+            uplink: None,
         };
         let config = DisplayConfig {
             max_screens: 1000,

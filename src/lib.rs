@@ -46,3 +46,4 @@ pub mod model;
 pub mod sources;
 pub mod status;
 pub mod tallies;
+pub mod uplink;

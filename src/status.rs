@@ -15,6 +15,7 @@ use crate::journal::JournalStats;
 use crate::model::TerminalId;
 use crate::sources::registry::{Registry, TerminalStatus};
 use crate::tallies::rfc3339_utc;
+use crate::uplink::UplinkState;
 
 /// Where the status comes from.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct StatusSource {
     pub registry: Arc<Registry>,
     /// Clocks.
     pub clock: Arc<dyn Clock>,
+    /// The uplink's state, if an uplink is configured.
+    pub uplink: Option<watch::Receiver<UplinkState>>,
 }
 
 /// The status document.
@@ -92,10 +95,16 @@ pub struct JournalStatus {
 /// The uplink part of the status.
 #[derive(Clone, Debug, Serialize)]
 pub struct UplinkStatus {
-    /// `not-configured` (no `[uplink]` table), or the connection state.
+    /// `not-configured` (no `[uplink]` table), `connecting`, `connected` or `disconnected`.
     pub state: &'static str,
     /// When the broker last acknowledged a batch (RFC 3339), if ever.
     pub last_upload: Option<String>,
+    /// The last connection problem.
+    pub last_error: Option<String>,
+    /// Votes the broker acknowledged since start.
+    pub votes_acked: u64,
+    /// Connections made since start.
+    pub connections: u64,
 }
 
 /// Source counters since start.
@@ -143,10 +152,7 @@ impl StatusSource {
                 charged_bytes: stats.charged_bytes,
                 max_disk_bytes: stats.max_disk_bytes,
             },
-            uplink: UplinkStatus {
-                state: "not-configured",
-                last_upload: None,
-            },
+            uplink: self.uplink_status(),
             terminals_online: terminals.values().filter(|t| t.online).count(),
             terminals,
             sources: SourceCountersSnapshot {
@@ -157,6 +163,54 @@ impl StatusSource {
                 port_disconnects: counters.port_disconnects.load(Ordering::Relaxed),
             },
         }
+    }
+}
+
+impl StatusSource {
+    fn uplink_status(&self) -> UplinkStatus {
+        match &self.uplink {
+            None => UplinkStatus {
+                state: "not-configured",
+                last_upload: None,
+                last_error: None,
+                votes_acked: 0,
+                connections: 0,
+            },
+            Some(receiver) => {
+                let state = receiver.borrow().clone();
+                UplinkStatus {
+                    state: state.state,
+                    last_upload: state
+                        .last_upload_ms
+                        .map(|ms| rfc3339_utc(i64::try_from(ms).unwrap_or(i64::MAX))),
+                    last_error: state.last_error,
+                    votes_acked: state.votes_acked,
+                    connections: state.connections,
+                }
+            }
+        }
+    }
+
+    /// The `{prefix}/telemetry` payload: the health facts cloud monitoring needs.
+    pub fn telemetry(&self) -> Vec<u8> {
+        let status = self.snapshot();
+        let telemetry = serde_json::json!({
+            "gateway_id": status.gateway_id,
+            "site": status.site,
+            "version": status.version,
+            "ts": status.now,
+            "uptime_s": status.uptime_s,
+            "clock_synced": status.clock_synced,
+            "journal_depth": status.journal.depth,
+            "oldest_unsent_age_s": status.journal.oldest_unsent_age_s,
+            "dropped": status.journal.dropped,
+            "accepted": status.journal.accepted,
+            "filtered": status.journal.filtered,
+            "terminals_online": status.terminals_online,
+            "terminals": status.terminals.len(),
+            "serial_frame_errors": status.sources.frame_errors,
+        });
+        serde_json::to_vec(&telemetry).unwrap_or_default()
     }
 }
 

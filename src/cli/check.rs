@@ -12,6 +12,7 @@ use crate::clock::kernel_sync_state;
 use crate::config::units::format_size;
 use crate::config::{Config, PortMode, SerialPortConfig};
 use crate::sources::serial::port as serial_port;
+use crate::uplink::{mqtt, UplinkSettings};
 
 use super::EXIT_FAILED;
 
@@ -67,8 +68,25 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
 pub fn run_probes(config: &Config) -> Vec<Probe> {
     let mut probes = vec![config_probe(config), data_dir_probe(config)];
     probes.extend(config.serial_ports.iter().map(serial_probe));
+    if let Some(settings) = &config.uplink {
+        probes.push(uplink_probe(settings));
+    }
     probes.push(clock_probe());
     probes
+}
+
+fn uplink_probe(settings: &UplinkSettings) -> Probe {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return Probe::fail("uplink", format!("cannot start the async runtime: {err}")),
+    };
+    match runtime.block_on(mqtt::probe(settings)) {
+        Ok(passed) => Probe::pass("uplink", passed),
+        Err((step, error)) => Probe::fail("uplink", format!("{step} step failed: {error}")),
+    }
 }
 
 fn serial_probe(port: &SerialPortConfig) -> Probe {

@@ -1,6 +1,7 @@
 //! The `votegate` command line (CONTRACT.md § Command line): one file per command.
 
 pub mod check;
+pub mod decode;
 pub mod run;
 pub mod simulate;
 pub mod status;
@@ -52,6 +53,11 @@ pub enum Command {
         #[arg(long, value_name = "URL", default_value = status::DEFAULT_URL)]
         url: String,
     },
+    /// Print a batch payload (postcard or JSON, as published on {prefix}/votes) as JSON.
+    Decode {
+        /// The payload file; stdin when absent.
+        file: Option<PathBuf>,
+    },
     /// Play serial terminals on a port (hardware/PROTOCOL.md); print each acknowledged vote as JSON.
     Simulate(simulate::SimulateArgs),
 }
@@ -63,5 +69,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::check(&config),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Status { url } => status::status(&url),
+        Command::Decode { file } => decode::decode(file.as_deref()),
     }
 }

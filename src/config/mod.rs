@@ -10,6 +10,7 @@ mod display;
 mod raw;
 mod serial;
 pub mod units;
+mod uplink;
 
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -83,6 +84,8 @@ pub struct Config {
     pub terminals: Vec<TerminalConfig>,
     /// The serial ports the serial terminals use, each with its terminals.
     pub serial_ports: Vec<SerialPortConfig>,
+    /// The MQTT uplink, if configured (`[uplink]`); without it votes stay in the journal.
+    pub uplink: Option<crate::uplink::UplinkSettings>,
 }
 
 /// How terminals share a serial port (hardware/PROTOCOL.md § 1).
@@ -312,6 +315,11 @@ impl Document<'_> {
         };
         let terminals = self.terminals(&raw.terminal, default_interval)?;
         let serial_ports = self.serial_ports(&raw.serial_port, &raw.terminal, &terminals)?;
+        let uplink = raw
+            .uplink
+            .as_ref()
+            .map(|uplink| self.uplink(uplink, &gateway_id, &site))
+            .transpose()?;
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway_id,
@@ -325,6 +333,7 @@ impl Document<'_> {
             journal,
             terminals,
             serial_ports,
+            uplink,
         })
     }
 

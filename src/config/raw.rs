@@ -19,12 +19,40 @@ pub(super) struct RawConfig {
     pub opening_hours: Option<RawOpeningHours>,
     #[serde(default)]
     pub journal: RawJournal,
+    pub uplink: Option<RawUplink>,
     #[serde(default)]
     pub filter: RawFilter,
     #[serde(default)]
     pub terminal: Vec<Spanned<RawTerminal>>,
     #[serde(default)]
     pub serial_port: Vec<Spanned<RawSerialPort>>,
+}
+
+/// The `[uplink]` table: the MQTT broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawUplink {
+    pub host: Spanned<String>,
+    pub port: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<String>>>,
+    pub username: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub topic_prefix: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub max_batch_votes: Option<Spanned<i64>>,
+    pub max_payload_size: Option<Spanned<SizeValue>>,
+    pub max_batch_age: Option<Spanned<String>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub keepalive: Option<Spanned<String>>,
+    pub backoff_cap: Option<Spanned<String>>,
+    pub telemetry_interval: Option<Spanned<String>>,
+    pub max_publishes_per_second: Option<Spanned<f64>>,
+    pub max_bytes_per_second: Option<Spanned<SizeValue>>,
 }
 
 /// The `[display]` table: the in-store screen and the HTTP API.

@@ -20,6 +20,8 @@ use crate::sources::registry::Registry;
 use crate::sources::serial::{self, PortContext};
 use crate::sources::{simulated, Intake};
 use crate::status::StatusSource;
+use crate::uplink::task::Uplink;
+use crate::uplink::{UplinkSettings, UplinkState};
 
 /// How long sources get to finish after shutdown begins.
 const SOURCE_GRACE: Duration = Duration::from_secs(2);
@@ -80,14 +82,24 @@ pub async fn run_until(
         &config.terminals,
     ));
     let registry = Arc::new(Registry::new(&config.terminals));
-    let status = StatusSource {
+    let mut status = StatusSource {
         gateway_id: config.gateway_id.clone(),
         site: config.site.clone(),
         started,
         journal: journal.stats(),
         registry: registry.clone(),
         clock: clock.clone(),
+        uplink: None,
     };
+    if let Some(settings) = &config.uplink {
+        status.uplink = Some(start_uplink(
+            settings, &config, &journal, &status, &clock, &tasks, &shutdown,
+        ));
+    } else {
+        log::warn!(
+            "no [uplink] configured: votes stay in the journal (bounded by journal.max-disk-size)"
+        );
+    }
     start_display(
         &config, &journal, status, listener, &clock, &tasks, &shutdown,
     )
@@ -141,6 +153,34 @@ async fn start_display(
         }
     });
     Ok(())
+}
+
+/// Starts the MQTT uplink; returns its state for the status.
+fn start_uplink(
+    settings: &UplinkSettings,
+    config: &Config,
+    journal: &JournalService,
+    status: &StatusSource,
+    clock: &Arc<dyn Clock>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> tokio::sync::watch::Receiver<UplinkState> {
+    let telemetry_source = status.clone();
+    let (uplink, state) = Uplink::new(
+        settings.clone(),
+        &config.gateway_id,
+        &config.site,
+        journal.handle(),
+        journal.stats(),
+        clock.clone(),
+        Arc::new(move || telemetry_source.telemetry()),
+    );
+    log::info!(
+        broker:% = format!("{}:{}", settings.host, settings.port), topic:% = settings.topic_prefix, tls = settings.tls.is_some();
+        "uplink configured"
+    );
+    tasks.spawn(uplink.run(shutdown.clone()));
+    state
 }
 
 /// Starts one task per simulated terminal and per serial port.

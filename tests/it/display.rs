@@ -27,7 +27,7 @@ pub struct Site {
     _line: Line,
 }
 
-fn config_text(data_dir: &Path, port: &Path, max_screens: usize) -> String {
+pub fn config_text(data_dir: &Path, port: &Path, max_screens: usize) -> String {
     format!(
         r#"gateway-id = "gw-display"
 site = "test-store"

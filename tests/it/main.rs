@@ -12,3 +12,4 @@ mod journal_crash;
 mod journal_model;
 mod protocol_spec;
 mod serial;
+mod uplink;

@@ -3,8 +3,12 @@
 pub mod appender;
 pub mod browser;
 pub mod http;
+pub mod mosquitto;
+pub mod pki;
 pub mod powercut_fs;
+pub mod proxy;
 pub mod pty;
+pub mod subscriber;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

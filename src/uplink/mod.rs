@@ -1,0 +1,126 @@
+//! The uplink: forwards the journal's votes to the cloud over MQTT/TLS, and deletes them from the
+//! journal only after the broker acknowledged the batch that carried them.
+//!
+//! Delivery is owned by the journal, not by the MQTT library (DESIGN.md practice 7). Each
+//! connection is a fresh rumqttc client with a clean session; [`inflight`] maps packet ids to
+//! batches and computes how far the journal may delete; after every reconnect sending restarts
+//! from the oldest unacknowledged vote, so redelivered votes keep their seq. Two cursors read the
+//! journal: live votes (pressed since the connection came up) go first, the backlog fills the
+//! remaining in-flight slots, so draining days of backlog never delays a fresh vote by more than
+//! a few batches.
+//!
+//! | file | part |
+//! | --- | --- |
+//! | [`payload`] | the batch schema, postcard and JSON (pure) |
+//! | [`batch`] | cutting votes into batches within the limits (pure) |
+//! | [`inflight`] | packet id ↔ batch, the ack frontier (pure) |
+//! | [`ratelimit`] | optional publish and byte rate limits (pure) |
+//! | [`mqtt`] | the only file importing rumqttc and rustls: TLS, connection, errors, the check probe |
+//! | [`task`] | the loop that ties them together |
+
+pub mod batch;
+pub mod inflight;
+pub mod mqtt;
+pub mod payload;
+pub mod ratelimit;
+pub mod task;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use payload::PayloadFormat;
+
+/// Where the broker's certificate is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// The system's trusted roots (`/etc/ssl/certs`).
+    System,
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+}
+
+/// TLS settings (the server certificate is always verified).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Trusted CAs.
+    pub ca: CaSource,
+    /// Client certificate chain and key (PEM files), for mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// ALPN protocols, e.g. `x-amzn-mqtt-ca` for AWS IoT Core on port 443.
+    pub alpn: Vec<String>,
+}
+
+/// Everything the uplink needs, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UplinkSettings {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS, or `None` for plain MQTT (only when the config says `tls = false`).
+    pub tls: Option<TlsSettings>,
+    /// Username and the file holding the password (first line).
+    pub username: Option<String>,
+    /// The password file.
+    pub password_file: Option<PathBuf>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Topic prefix, placeholders filled in.
+    pub topic_prefix: String,
+    /// Payload encoding.
+    pub format: PayloadFormat,
+    /// Most votes per batch.
+    pub max_batch_votes: usize,
+    /// Most bytes per batch payload.
+    pub max_payload_bytes: usize,
+    /// How long live votes may wait to share a batch.
+    pub max_batch_age: Duration,
+    /// Batches published and not yet acknowledged, at most.
+    pub max_in_flight: usize,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// Longest wait between reconnection attempts.
+    pub backoff_cap: Duration,
+    /// How often telemetry is published.
+    pub telemetry_interval: Duration,
+    /// Optional limit on publishes per second.
+    pub max_publishes_per_second: Option<f64>,
+    /// Optional limit on payload bytes per second.
+    pub max_bytes_per_second: Option<f64>,
+}
+
+impl UplinkSettings {
+    /// `{prefix}/votes`.
+    pub fn votes_topic(&self) -> String {
+        format!("{}/votes", self.topic_prefix)
+    }
+
+    /// `{prefix}/status` (retained).
+    pub fn status_topic(&self) -> String {
+        format!("{}/status", self.topic_prefix)
+    }
+
+    /// `{prefix}/telemetry`.
+    pub fn telemetry_topic(&self) -> String {
+        format!("{}/telemetry", self.topic_prefix)
+    }
+}
+
+/// What the uplink reports for the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkState {
+    /// `connecting`, `connected`, `disconnected`.
+    pub state: &'static str,
+    /// The last problem, in one sentence.
+    pub last_error: Option<String>,
+    /// Wall clock (ms) of the last acknowledged batch.
+    pub last_upload_ms: Option<u64>,
+    /// Votes acknowledged by the broker since start.
+    pub votes_acked: u64,
+    /// Batches acknowledged since start.
+    pub batches_acked: u64,
+    /// Connections made since start.
+    pub connections: u64,
+    /// The batch size limit in force (lowered if the broker refuses large packets).
+    pub max_payload_bytes: usize,
+}

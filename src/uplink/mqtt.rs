@@ -1,0 +1,461 @@
+//! The connection to the broker: the only file that imports rumqttc and rustls.
+//!
+//! rustls uses the ring provider; the broker's certificate is always verified (against
+//! `ca-file` or the system's roots). Each [`Session`] is a fresh rumqttc client with a clean
+//! session, driven by its own task that forwards what the uplink needs (connected, packet id
+//! written, packet id acknowledged, lost) and stops at the first error: rumqttc never reconnects
+//! by itself, so no publish is ever resent behind the uplink's back.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::tokio_rustls::rustls::{self, pki_types, ClientConfig, RootCertStore};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    StateError, TlsConfiguration, Transport,
+};
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::mpsc;
+
+use super::{CaSource, TlsSettings, UplinkSettings};
+
+/// Incoming MQTT packets are small (acks); this bounds what a broker may send.
+const MAX_INCOMING_PACKET: usize = 64 * 1024;
+/// Room for the topic and the MQTT header around a payload.
+const PACKET_OVERHEAD: usize = 4096;
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker problem, in one sentence that says which step failed and what to check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UplinkError {
+    /// A key file could not be used.
+    #[error("cannot use {what} {path}: {cause}")]
+    File {
+        /// Which file (CA file, client certificate, …).
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why.
+        cause: String,
+    },
+    /// The broker's name does not resolve.
+    #[error("cannot resolve the broker's name {host}: {cause}")]
+    Dns {
+        /// The host.
+        host: String,
+        /// Why.
+        cause: String,
+    },
+    /// No TCP connection.
+    #[error("cannot connect to the broker at {addr}: {cause}")]
+    Tcp {
+        /// host:port.
+        addr: String,
+        /// Why.
+        cause: String,
+    },
+    /// The broker's certificate is not trusted.
+    #[error("the broker's certificate was rejected: {0} (is uplink.ca-file the CA that signed it, and is the host name in it?)")]
+    ServerCertificate(String),
+    /// The broker rejected our client certificate.
+    #[error("the broker refused our client certificate: {0} (expired, or not signed by a CA the broker trusts?)")]
+    ClientCertificate(String),
+    /// Another TLS failure.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The broker refused the MQTT connection.
+    #[error("the broker refused the connection: {0} (check uplink.username/password-file or the certificate's permissions)")]
+    Refused(String),
+    /// The broker or the network closed the connection.
+    #[error("the connection to the broker was closed: {0}")]
+    Closed(String),
+    /// No answer in time.
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Anything else from the MQTT layer.
+    #[error("MQTT error: {0}")]
+    Protocol(String),
+}
+
+/// What a session reports to the uplink.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The broker accepted the connection (ConnAck).
+    Connected,
+    /// A publish was written with this packet id (0 for QoS 0), in request order.
+    Written(u16),
+    /// The broker acknowledged this packet id (PubAck).
+    Acked(u16),
+    /// The session is over.
+    Lost(UplinkError),
+}
+
+/// One connection to the broker.
+pub struct Session {
+    client: AsyncClient,
+    /// What happens on the connection.
+    pub events: mpsc::UnboundedReceiver<SessionEvent>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Starts connecting. Reads the key files now, so their problems come back at once.
+    pub fn open(settings: &UplinkSettings) -> Result<Session, UplinkError> {
+        let options = options(settings, false)?;
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (sender, events) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(eventloop, sender));
+        Ok(Session {
+            client,
+            events,
+            driver,
+        })
+    }
+
+    /// Requests a publish (QoS 1, or 0 when `at_least_once` is false). Returns once rumqttc has
+    /// queued it; [`SessionEvent::Written`] follows when it is on the wire.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        at_least_once: bool,
+        retain: bool,
+    ) -> Result<(), UplinkError> {
+        let qos = if at_least_once {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .map_err(|err| UplinkError::Closed(err.to_string()))
+    }
+
+    /// Sends DISCONNECT (so the broker does not publish the last will) and waits briefly for it
+    /// to leave.
+    pub async fn disconnect(mut self) {
+        if self.client.disconnect().await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(event) = self.events.recv().await {
+                    if matches!(event, SessionEvent::Lost(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, sender: mpsc::UnboundedSender<SessionEvent>) {
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => SessionEvent::Connected,
+            Ok(Event::Incoming(Packet::PubAck(ack))) => SessionEvent::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => SessionEvent::Written(pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = sender.send(SessionEvent::Lost(UplinkError::Closed(
+                    "we disconnected".into(),
+                )));
+                return;
+            }
+            Ok(_) => continue,
+            Err(err) => {
+                let _ = sender.send(SessionEvent::Lost(classify(&err)));
+                return; // never poll again: that would reconnect behind the uplink's back
+            }
+        };
+        if sender.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+fn options(settings: &UplinkSettings, probe: bool) -> Result<MqttOptions, UplinkError> {
+    let client_id = if probe {
+        format!("{}-check", settings.client_id)
+    } else {
+        settings.client_id.clone()
+    };
+    let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
+    options
+        .set_keep_alive(settings.keepalive)
+        .set_clean_session(true)
+        .set_max_packet_size(
+            MAX_INCOMING_PACKET,
+            settings.max_payload_bytes + PACKET_OVERHEAD,
+        )
+        .set_inflight(u16::try_from(settings.max_in_flight + 8).unwrap_or(u16::MAX));
+    if !probe {
+        options.set_last_will(LastWill::new(
+            settings.status_topic(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    if let (Some(username), Some(file)) = (&settings.username, &settings.password_file) {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| file_error("password file", file, e))?;
+        let password = text.lines().next().unwrap_or_default().to_string();
+        options.set_credentials(username.clone(), password);
+    }
+    if let Some(tls) = &settings.tls {
+        let config = client_config(tls)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
+    Ok(options)
+}
+
+fn file_error(what: &'static str, path: &Path, cause: impl ToString) -> UplinkError {
+    UplinkError::File {
+        what,
+        path: path.display().to_string(),
+        cause: cause.to_string(),
+    }
+}
+
+/// The rustls configuration: ring provider, verified server certificate, optional client
+/// certificate and ALPN.
+fn client_config(tls: &TlsSettings) -> Result<ClientConfig, UplinkError> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        CaSource::File(path) => {
+            let certs = read_certs("CA file", path)?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_error("CA file", path, e))?;
+            }
+        }
+        CaSource::System => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(UplinkError::Tls(
+                    "no trusted CA certificates found on this system (install ca-certificates, or set uplink.ca-file)".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client_auth {
+        Some((cert_path, key_path)) => {
+            let chain = read_certs("client certificate", cert_path)?;
+            let key = pki_types::PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| file_error("client key", key_path, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| file_error("client certificate and key", cert_path, e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<pki_types::CertificateDer<'static>>, UplinkError> {
+    let certs: Vec<_> = pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The rustls error behind an error, however deep rumqttc wrapped it (TLS alerts that arrive
+/// after the handshake come as I/O errors inside MQTT (de)serialisation errors).
+fn rustls_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(tls);
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// Turns a rumqttc error into the step that failed.
+fn classify(err: &ConnectionError) -> UplinkError {
+    if let Some(tls) = rustls_cause(err) {
+        return classify_rustls(tls);
+    }
+    match err {
+        ConnectionError::Io(io) => classify_io(io),
+        ConnectionError::MqttState(StateError::Io(io)) => classify_io(io),
+        ConnectionError::MqttState(StateError::ConnectionAborted) => {
+            UplinkError::Closed("by the broker".into())
+        }
+        ConnectionError::MqttState(other) => UplinkError::Protocol(other.to_string()),
+        ConnectionError::Tls(rumqttc::TlsError::TLS(tls)) => classify_rustls(tls),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => classify_io(io),
+        ConnectionError::Tls(other) => UplinkError::Tls(other.to_string()),
+        ConnectionError::ConnectionRefused(code) => UplinkError::Refused(format!("{code:?}")),
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            UplinkError::Timeout(STEP_TIMEOUT)
+        }
+        other => UplinkError::Protocol(other.to_string()),
+    }
+}
+
+fn classify_io(io: &std::io::Error) -> UplinkError {
+    if let Some(tls) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return classify_rustls(tls);
+    }
+    let text = io.to_string();
+    match io.kind() {
+        _ if text.contains("lookup address") || text.contains("Name or service not known") => {
+            UplinkError::Dns {
+                host: String::new(),
+                cause: text,
+            }
+        }
+        std::io::ErrorKind::ConnectionRefused
+        | std::io::ErrorKind::TimedOut
+        | std::io::ErrorKind::HostUnreachable
+        | std::io::ErrorKind::NetworkUnreachable => UplinkError::Tcp {
+            addr: String::new(),
+            cause: text,
+        },
+        _ => UplinkError::Closed(text),
+    }
+}
+
+fn classify_rustls(err: &rustls::Error) -> UplinkError {
+    use rustls::AlertDescription as Alert;
+    match err {
+        rustls::Error::InvalidCertificate(reason) => {
+            UplinkError::ServerCertificate(format!("{reason:?}"))
+        }
+        rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::CertificateRequired
+            | Alert::UnsupportedCertificate),
+        ) => UplinkError::ClientCertificate(format!("{alert:?}")),
+        other => UplinkError::Tls(other.to_string()),
+    }
+}
+
+/// `votegate check`: each step in turn (DNS, TCP, TLS, MQTT CONNECT), with a client id of its
+/// own and no last will, so it never disturbs a running daemon's session. Returns what passed,
+/// or the step that failed.
+pub async fn probe(settings: &UplinkSettings) -> Result<String, (&'static str, UplinkError)> {
+    let options = options(settings, true).map_err(|e| ("configuration", e))?;
+    let host = settings.host.clone();
+    let addrs: Vec<_> = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), settings.port)),
+    )
+    .await
+    .map_err(|_| ("DNS", UplinkError::Timeout(STEP_TIMEOUT)))?
+    .map_err(|e| {
+        (
+            "DNS",
+            UplinkError::Dns {
+                host: host.clone(),
+                cause: e.to_string(),
+            },
+        )
+    })?
+    .collect();
+    let addr = *addrs.first().ok_or((
+        "DNS",
+        UplinkError::Dns {
+            host: host.clone(),
+            cause: "no address".into(),
+        },
+    ))?;
+    let tcp = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ("TCP", UplinkError::Timeout(STEP_TIMEOUT)))?
+        .map_err(|e| {
+            (
+                "TCP",
+                UplinkError::Tcp {
+                    addr: addr.to_string(),
+                    cause: e.to_string(),
+                },
+            )
+        })?;
+    if let Some(tls) = &settings.tls {
+        let config = client_config(tls).map_err(|e| ("TLS", e))?;
+        let name = pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+            (
+                "TLS",
+                UplinkError::Tls(format!("{host:?} is not a valid server name: {e}")),
+            )
+        })?;
+        let connector = rumqttc::tokio_rustls::TlsConnector::from(Arc::new(config));
+        tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ("TLS", UplinkError::Timeout(STEP_TIMEOUT)))?
+            .map_err(|e| ("TLS", classify_io(&e)))?;
+    }
+    let (client, eventloop) = AsyncClient::new(options, 4);
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(drive(eventloop, sender));
+    let result = tokio::time::timeout(STEP_TIMEOUT, events.recv()).await;
+    let _ = client.disconnect().await;
+    driver.abort();
+    match result {
+        Ok(Some(SessionEvent::Connected)) => Ok(format!(
+            "{}:{} accepts {} (MQTT CONNECT as {}-check)",
+            settings.host,
+            settings.port,
+            match &settings.tls {
+                Some(tls) if tls.client_auth.is_some() => "TLS with our client certificate",
+                Some(_) => "TLS",
+                None => "a plain connection",
+            },
+            settings.client_id
+        )),
+        Ok(Some(SessionEvent::Lost(UplinkError::ClientCertificate(detail)))) => Err((
+            "TLS (client certificate)",
+            UplinkError::ClientCertificate(detail),
+        )),
+        Ok(Some(SessionEvent::Lost(err @ UplinkError::Refused(_)))) => Err(("authorisation", err)),
+        Ok(Some(SessionEvent::Lost(err))) => Err(("MQTT", err)),
+        Ok(Some(_)) | Ok(None) => Err((
+            "MQTT",
+            UplinkError::Protocol("unexpected first event".into()),
+        )),
+        Err(_) => Err(("MQTT", UplinkError::Timeout(STEP_TIMEOUT))),
+    }
+}
