@@ -9,8 +9,12 @@
 //! ```text
 //! sources (simulated, serial) ──Append{press, reply}──▶ journal (sled, group commit)
 //!                                                     │ accepted votes (broadcast)
+//!                         ┌───────────────────────────┼──────────────────────┐
+//!                         ▼                           ▼                      ▼
+//!                  tallies → display          uplink (MQTT/TLS)          status
+//!                                                     │ ack_through(seq)
 //!                                                     ▼
-//!                                       tallies / display / uplink (later issues)
+//!                                           journal deletes acked votes
 //! ```
 //!
 //! | module | owns |
@@ -20,6 +24,10 @@
 //! | [`config`] | the TOML file: raw serde structs → validated [`config::Config`] |
 //! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the press filter, the sources (simulated, serial) |
 //! | [`backoff`] | exponential backoff with jitter for everything that reconnects |
+//! | [`tallies`] | windows and scores, the live feed |
+//! | [`display`] | the HTTP API and the display page |
+//! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
+//! | [`status`] | the status snapshot |
 //! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
@@ -27,7 +35,8 @@
 //!
 //! ## Dependency rule
 //! Checked by `tests/it/architecture.rs`, which scans `src/`:
-//! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`;
+//! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`,
+//!   rumqttc and rustls only in `uplink/mqtt.rs`, axum only in `display/`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`,

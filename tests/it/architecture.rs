@@ -61,6 +61,12 @@ fn tokio_serial_is_imported_only_by_the_port_opener() {
 }
 
 #[test]
+fn rumqttc_and_rustls_are_imported_only_by_the_mqtt_file() {
+    assert_eq!(files_mentioning("rumqttc"), ["uplink/mqtt.rs"]);
+    assert_eq!(files_mentioning("rustls"), ["uplink/mqtt.rs"]);
+}
+
+#[test]
 fn axum_stays_in_the_display() {
     for file in files_mentioning("axum") {
         assert!(file.starts_with("display/"), "{file} uses axum");
@@ -86,6 +92,10 @@ fn pure_modules_do_no_io() {
         "sources/filter.rs",
         "config/units.rs",
         "tallies/mod.rs",
+        "uplink/payload.rs",
+        "uplink/batch.rs",
+        "uplink/inflight.rs",
+        "uplink/ratelimit.rs",
     ];
     let io = [
         "std::fs",
