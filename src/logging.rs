@@ -1,6 +1,9 @@
-//! Logs for operators: one line per event on stderr, with structured fields (`terminal=…`,
-//! `seq=…`) after the message. The level comes from the config's `log-level`, overridden by the
-//! `VOTEGATE_LOG` environment variable. Other crates' chatter is shown from WARN up, or at TRACE.
+//! Logs for operators. Under systemd (stderr connected to the journal, `JOURNAL_STREAM`) records go
+//! to journald natively, their structured values (`terminal`, `seq`, `port`, …) becoming journal
+//! fields (`TERMINAL=`, `SEQ=`, `PORT=`): `journalctl -u votegate TERMINAL=entrance`. Elsewhere
+//! they go to stderr, one line each, with the fields after the message. The level comes from the
+//! config's `log-level`, overridden by the `VOTEGATE_LOG` environment variable; other crates'
+//! records are shown from WARN up, or at TRACE.
 
 use std::io::Write;
 
@@ -10,24 +13,59 @@ use log::{LevelFilter, Log, Metadata, Record};
 /// The environment variable that overrides the configured level.
 pub const LEVEL_ENV: &str = "VOTEGATE_LOG";
 
-/// Installs the stderr logger. `configured` applies unless `VOTEGATE_LOG` names a valid level.
-/// Returns the level in force. Calling it twice keeps the first logger.
-pub fn init(configured: LevelFilter) -> LevelFilter {
+/// Where the logs went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// journald.
+    Journal,
+    /// stderr.
+    Stderr,
+}
+
+/// Installs the logger. `configured` applies unless `VOTEGATE_LOG` names a valid level. Returns
+/// the level in force and the destination. Calling it twice keeps the first logger.
+pub fn init(configured: LevelFilter) -> (LevelFilter, Destination) {
     let level = std::env::var(LEVEL_ENV)
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(configured);
-    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+    let (logger, destination): (Box<dyn Log>, Destination) = match journal() {
+        Some(journal) => (
+            Box::new(Filtered {
+                level,
+                inner: journal,
+            }),
+            Destination::Journal,
+        ),
+        None => (
+            Box::new(Filtered {
+                level,
+                inner: Stderr,
+            }),
+            Destination::Stderr,
+        ),
+    };
+    if log::set_boxed_logger(logger).is_ok() {
         log::set_max_level(level);
     }
-    level
+    (level, destination)
 }
 
-struct StderrLogger {
+fn journal() -> Option<systemd_journal_logger::JournalLog> {
+    if !systemd_journal_logger::connected_to_journal() {
+        return None;
+    }
+    let journal = systemd_journal_logger::JournalLog::new().ok()?;
+    Some(journal.with_syslog_identifier("votegate".to_string()))
+}
+
+/// Our records from `level` up, other crates' from WARN up (or everything at TRACE).
+struct Filtered<L> {
     level: LevelFilter,
+    inner: L,
 }
 
-impl Log for StderrLogger {
+impl<L: Log> Log for Filtered<L> {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         let ours = metadata.target().starts_with("votegate");
         metadata.level() <= self.level
@@ -35,9 +73,24 @@ impl Log for StderrLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
+        if self.enabled(record.metadata()) {
+            self.inner.log(record);
         }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+struct Stderr;
+
+impl Log for Stderr {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record<'_>) {
         let mut fields = Fields(String::new());
         let _ = record.key_values().visit(&mut fields);
         let line = format!(

@@ -13,7 +13,8 @@ use crate::{daemon, logging};
 /// Runs the daemon with the config at `path`.
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    logging::init(config.log_level);
+    let (level, destination) = logging::init(config.log_level);
+    log::debug!("logging at {level} to {destination:?}");
     let clock = Arc::new(SystemClock::new()?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

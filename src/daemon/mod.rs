@@ -22,6 +22,9 @@ use crate::sources::{simulated, Intake};
 use crate::status::StatusSource;
 use crate::uplink::task::Uplink;
 use crate::uplink::{UplinkSettings, UplinkState};
+use systemd::Notifier;
+
+pub mod systemd;
 
 /// How long sources get to finish after shutdown begins.
 const SOURCE_GRACE: Duration = Duration::from_secs(2);
@@ -106,9 +109,24 @@ pub async fn run_until(
     .await?;
     let sources = spawn_sources(&config, &intake, &registry, &clock, &shutdown);
     log::info!(terminals = config.terminals.len(); "votegate running");
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=running: {} terminals, {} votes waiting for upload",
+        config.terminals.len(),
+        journal.stats().borrow().depth
+    ));
+    if let Some(interval) = systemd::watchdog_interval() {
+        tasks.spawn(feed_watchdog(
+            notifier.clone(),
+            journal.heartbeat(),
+            interval,
+            shutdown.clone(),
+        ));
+    }
 
     shutdown.cancelled().await;
     log::info!("shutting down");
+    notifier.notify("STOPPING=1");
     tasks.close();
     let stopped = async { tokio::join!(sources.wait(), tasks.wait()) };
     if tokio::time::timeout(SOURCE_GRACE, stopped).await.is_err() {
@@ -153,6 +171,33 @@ async fn start_display(
         }
     });
     Ok(())
+}
+
+/// Sends `WATCHDOG=1` every `interval` while the journal thread shows signs of life; a wedged
+/// journal (stuck in fsync on a dying SD card, say) stops the pings and systemd restarts us.
+async fn feed_watchdog(
+    notifier: Arc<Notifier>,
+    heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last = heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last {
+            notifier.notify("WATCHDOG=1");
+            warned = false;
+        } else if !warned {
+            log::error!("the journal thread has not run for {interval:?}: not feeding the systemd watchdog, which will restart votegate");
+            warned = true;
+        }
+        last = now;
+    }
 }
 
 /// Starts the MQTT uplink; returns its state for the status.

@@ -6,7 +6,8 @@
 //! votes. A dedicated OS thread rather than a tokio task: each commit blocks on fsync, and the
 //! journal must keep committing even when the async runtime is busy.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -94,6 +95,7 @@ pub struct JournalService {
     handle: JournalHandle,
     votes: broadcast::Sender<Vote>,
     stats: watch::Receiver<JournalStats>,
+    heartbeat: Arc<AtomicU64>,
     thread: JoinHandle<()>,
 }
 
@@ -111,6 +113,12 @@ impl JournalService {
     /// The journal's counters, updated after every change.
     pub fn stats(&self) -> watch::Receiver<JournalStats> {
         self.stats.clone()
+    }
+
+    /// A counter the journal thread increments at least every 0.5 s while it is alive: the
+    /// systemd watchdog is fed only while it moves.
+    pub fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.heartbeat.clone()
     }
 
     /// Finishes every request sent before this call, makes everything durable and stops the
@@ -132,6 +140,8 @@ pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
     let (votes, _) = broadcast::channel(BROADCAST_CAPACITY);
     let (stats_tx, stats) = watch::channel(journal.stats());
     let thread_votes = votes.clone();
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let thread_heartbeat = heartbeat.clone();
     let thread = std::thread::Builder::new()
         .name("journal".to_string())
         .spawn(move || {
@@ -139,6 +149,7 @@ pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
                 journal,
                 votes: thread_votes,
                 stats: stats_tx,
+                heartbeat: thread_heartbeat,
             }
             .run(inbox)
         })?;
@@ -146,6 +157,7 @@ pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
         handle: JournalHandle { requests },
         votes,
         stats,
+        heartbeat,
         thread,
     })
 }
@@ -154,11 +166,13 @@ struct Committer {
     journal: Journal,
     votes: broadcast::Sender<Vote>,
     stats: watch::Sender<JournalStats>,
+    heartbeat: Arc<AtomicU64>,
 }
 
 impl Committer {
     fn run(mut self, inbox: mpsc::Receiver<Request>) {
         loop {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             let first = match inbox.recv_timeout(IDLE_TICK) {
                 Ok(request) => request,
                 Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -123,6 +123,7 @@ impl RunningChild {
     pub fn kill(mut self) -> (String, String) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipes close with the child; the readers finish.
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }

@@ -71,12 +71,3 @@ impl Subscriber {
             .collect()
     }
 }
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        // RunningChild is consumed by kill; take it out by swapping in nothing is not possible,
-        // so kill through the pid.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.process.pid() as i32, libc::SIGKILL) };
-    }
-}
