@@ -488,3 +488,36 @@ fn decode_prints_a_received_batch_as_json() {
     assert!(String::from_utf8_lossy(&garbage.stderr)
         .starts_with("votegate: /etc/hostname: not a votegate batch"));
 }
+
+#[test]
+fn json_batches_and_the_last_will_on_sigkill() {
+    let cloud = Cloud::start("");
+    cloud.prefill(5);
+    let (gateway, addr) = start_gateway(&cloud.good_config("format = \"json\""));
+    wait_for("the journal to drain", Duration::from_secs(30), || {
+        status(addr)["journal"]["depth"] == 0
+    });
+    let (_, payload) = cloud
+        .subscriber
+        .messages()
+        .into_iter()
+        .find(|(t, _)| t.ends_with("/votes"))
+        .expect("a batch");
+    let json: serde_json::Value = serde_json::from_slice(&payload).expect("the payload is JSON");
+    assert_eq!(json["format"], 1);
+    assert_eq!(json["votes"][0]["terminal"], "entrance");
+    assert_eq!(cloud.received().len(), 5);
+
+    // A crash: the socket closes without DISCONNECT, so the broker publishes the will.
+    gateway.kill();
+    let status_topic = "votegate/store-7/gw-uplink/status";
+    wait_for("the last will", Duration::from_secs(20), || {
+        let messages = cloud.subscriber.messages();
+        let statuses: Vec<&[u8]> = messages
+            .iter()
+            .filter(|(t, _)| t == status_topic)
+            .map(|(_, p)| p.as_slice())
+            .collect();
+        statuses.last() == Some(&b"offline".as_slice())
+    });
+}
