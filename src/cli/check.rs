@@ -45,10 +45,15 @@ impl Probe {
     }
 }
 
-/// Runs every check for the config at `path` and prints the report.
-pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+/// Runs every check for the config at `path` (only the offline ones with `offline`) and prints
+/// the report.
+pub fn check(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let probes = run_probes(&config);
+    let probes = if offline {
+        vec![config_probe(&config), data_dir_probe(&config)]
+    } else {
+        run_probes(&config)
+    };
     let mut out = std::io::stdout().lock();
     for probe in &probes {
         let status = if probe.passed { "ok" } else { "FAIL" };

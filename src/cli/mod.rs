@@ -46,6 +46,10 @@ pub enum Command {
         /// The config file.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Only what needs no network or hardware: the config and the data dir (what systemd
+        /// runs before starting the daemon, which must start during an outage).
+        #[arg(long)]
+        offline: bool,
     },
     /// Ask a running daemon for its terminals, tallies, buffer depth and uplink state.
     Status {
@@ -66,7 +70,7 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => run::run(&config),
-        Command::Check { config } => check::check(&config),
+        Command::Check { config, offline } => check::check(&config, offline),
         Command::Simulate(args) => simulate::simulate(args),
         Command::Status { url } => status::status(&url),
         Command::Decode { file } => decode::decode(file.as_deref()),

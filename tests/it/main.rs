@@ -12,4 +12,5 @@ mod journal_crash;
 mod journal_model;
 mod protocol_spec;
 mod serial;
+mod systemd;
 mod uplink;
