@@ -10,6 +10,7 @@ mod display;
 mod harness;
 mod journal_crash;
 mod journal_model;
+mod package;
 mod protocol_spec;
 mod serial;
 mod systemd;
