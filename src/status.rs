@@ -120,6 +120,14 @@ pub struct SourceCountersSnapshot {
     pub invalid_buttons: u64,
     /// Serial ports lost and reopened.
     pub port_disconnects: u64,
+    /// GPIO chords (buttons pressed together, not counted).
+    pub gpio_chords: u64,
+    /// GPIO presses ignored while another button was held.
+    pub gpio_ignored: u64,
+    /// GPIO buttons that went stuck.
+    pub gpio_stuck: u64,
+    /// GPIO edges the kernel dropped.
+    pub gpio_missed_edges: u64,
 }
 
 impl StatusSource {
@@ -161,6 +169,10 @@ impl StatusSource {
                 unexpected_frames: counters.unexpected_frames.load(Ordering::Relaxed),
                 invalid_buttons: counters.invalid_buttons.load(Ordering::Relaxed),
                 port_disconnects: counters.port_disconnects.load(Ordering::Relaxed),
+                gpio_chords: counters.gpio_chords.load(Ordering::Relaxed),
+                gpio_ignored: counters.gpio_ignored.load(Ordering::Relaxed),
+                gpio_stuck: counters.gpio_stuck.load(Ordering::Relaxed),
+                gpio_missed_edges: counters.gpio_missed_edges.load(Ordering::Relaxed),
             },
         }
     }

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use crate::clock::kernel_sync_state;
 use crate::config::units::format_size;
-use crate::config::{Config, PortMode, SerialPortConfig};
+use crate::config::{Config, GpioBackend, PortMode, SerialPortConfig, SourceConfig};
+use crate::sources::gpio::pins::{Header, RppalHeader};
 use crate::sources::serial::port as serial_port;
 use crate::uplink::{mqtt, UplinkSettings};
 
@@ -73,11 +74,69 @@ pub fn check(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
 pub fn run_probes(config: &Config) -> Vec<Probe> {
     let mut probes = vec![config_probe(config), data_dir_probe(config)];
     probes.extend(config.serial_ports.iter().map(serial_probe));
+    probes.extend(gpio_probe(config));
     if let Some(settings) = &config.uplink {
         probes.push(uplink_probe(settings));
     }
     probes.push(clock_probe());
     probes
+}
+
+/// One line per GPIO terminal: its pins claimed and read (on a Pi), or why GPIO is unavailable.
+fn gpio_probe(config: &Config) -> Vec<Probe> {
+    let terminals: Vec<_> = config
+        .terminals
+        .iter()
+        .filter_map(|t| match &t.source {
+            SourceConfig::Gpio(settings) => Some((t.id.as_str(), settings)),
+            _ => None,
+        })
+        .collect();
+    if terminals.is_empty() {
+        return Vec::new();
+    }
+    if let GpioBackend::Simulated { socket } = &config.gpio {
+        return vec![Probe::pass(
+            "gpio",
+            format!(
+                "simulated header on {} ({} terminals; no hardware checked)",
+                socket.display(),
+                terminals.len()
+            ),
+        )];
+    }
+    let header = match RppalHeader::open() {
+        Ok(header) => header,
+        Err(err) => return vec![Probe::fail("gpio", err.to_string())],
+    };
+    terminals
+        .into_iter()
+        .map(|(id, settings)| {
+            let inputs = match header.claim_inputs(&settings.pins, settings.pull, settings.active_high) {
+                Ok(inputs) => inputs,
+                Err(err) => return Probe::fail("gpio", format!("{id}: {err}")),
+            };
+            let levels: Vec<&str> = inputs
+                .initial_high
+                .iter()
+                .map(|&high| if high == settings.active_high { "PRESSED" } else { "up" })
+                .collect();
+            let led = match settings.led {
+                None => "no LED".to_string(),
+                Some(led) => match header.claim_led(led.pin) {
+                    Ok(_) => format!("LED on BCM {}", led.pin),
+                    Err(err) => return Probe::fail("gpio", format!("{id}: LED: {err}")),
+                },
+            };
+            let pins: Vec<String> = settings.pins.iter().map(u8::to_string).collect();
+            let detail = format!("{id}: BCM {} read {}; {led}", pins.join(","), levels.join(" "));
+            if levels.contains(&"PRESSED") {
+                Probe::fail("gpio", format!("{detail} (a button reads pressed while nobody presses it: check the wiring, pull and active level)"))
+            } else {
+                Probe::pass("gpio", detail)
+            }
+        })
+        .collect()
 }
 
 fn uplink_probe(settings: &UplinkSettings) -> Probe {

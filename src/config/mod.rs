@@ -7,6 +7,7 @@
 //! file's folder.
 
 mod display;
+mod gpio;
 mod raw;
 mod serial;
 pub mod units;
@@ -21,6 +22,7 @@ use toml::Spanned;
 
 use crate::journal::{Limits, WhenFull, MIN_DISK_BYTES};
 use crate::model::{validate_id, TerminalId};
+pub use gpio::GpioBackend;
 use raw::{RawConfig, RawTerminal, SizeValue};
 
 /// Where `votegate run` and `votegate check` look without `--config`.
@@ -86,6 +88,8 @@ pub struct Config {
     pub serial_ports: Vec<SerialPortConfig>,
     /// The MQTT uplink, if configured (`[uplink]`); without it votes stay in the journal.
     pub uplink: Option<crate::uplink::UplinkSettings>,
+    /// Where GPIO terminals get their pins (`[gpio]`; the Pi's header by default).
+    pub gpio: GpioBackend,
 }
 
 /// How terminals share a serial port (hardware/PROTOCOL.md § 1).
@@ -178,6 +182,8 @@ pub enum SourceConfig {
         /// Its bus address, or 0 on a point-to-point port.
         address: u8,
     },
+    /// Buttons wired to the Pi's GPIO header (`kind = "gpio"`).
+    Gpio(crate::sources::gpio::GpioSettings),
 }
 
 impl SourceConfig {
@@ -186,6 +192,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulated { .. } => "simulated",
             SourceConfig::Serial { .. } => "serial",
+            SourceConfig::Gpio(_) => "gpio",
         }
     }
 }
@@ -315,6 +322,8 @@ impl Document<'_> {
         };
         let terminals = self.terminals(&raw.terminal, default_interval)?;
         let serial_ports = self.serial_ports(&raw.serial_port, &raw.terminal, &terminals)?;
+        self.check_gpio_pins(&raw.terminal, &terminals)?;
+        let gpio = self.gpio_backend(raw.gpio.as_ref())?;
         let uplink = raw
             .uplink
             .as_ref()
@@ -334,6 +343,7 @@ impl Document<'_> {
             terminals,
             serial_ports,
             uplink,
+            gpio,
         })
     }
 
@@ -494,11 +504,12 @@ impl Document<'_> {
         let source = match raw.kind.get_ref().as_str() {
             "simulated" => self.simulated(raw)?,
             "serial" => self.serial_terminal(raw)?,
+            "gpio" => self.gpio_terminal(raw)?,
             other => {
                 return Err(self.invalid(
                     "terminal.kind",
                     &raw.kind,
-                    format!("expected \"simulated\" or \"serial\", found {other:?}"),
+                    format!("expected \"simulated\", \"serial\" or \"gpio\", found {other:?}"),
                 ))
             }
         };
@@ -526,9 +537,21 @@ impl Document<'_> {
         }
     }
 
+    /// Rejects the GPIO keys on a terminal of another kind.
+    fn unused_gpio_keys(&self, raw: &RawTerminal, kind: &str) -> Result<(), ConfigError> {
+        self.unused("pins", &raw.pins, kind)?;
+        self.unused("pull", &raw.pull, kind)?;
+        self.unused("active", &raw.active, kind)?;
+        self.unused("debounce", &raw.debounce, kind)?;
+        self.unused("stuck-after", &raw.stuck_after, kind)?;
+        self.unused("led-pin", &raw.led_pin, kind)?;
+        self.unused("led-blink", &raw.led_blink, kind)
+    }
+
     fn simulated(&self, raw: &RawTerminal) -> Result<SourceConfig, ConfigError> {
         self.unused("port", &raw.port, "simulated")?;
         self.unused("address", &raw.address, "simulated")?;
+        self.unused_gpio_keys(raw, "simulated")?;
         let Some(rate) = &raw.presses_per_minute else {
             return Err(self.invalid(
                 "terminal.presses-per-minute",

@@ -26,6 +26,15 @@ pub(super) struct RawConfig {
     pub terminal: Vec<Spanned<RawTerminal>>,
     #[serde(default)]
     pub serial_port: Vec<Spanned<RawSerialPort>>,
+    pub gpio: Option<RawGpio>,
+}
+
+/// The `[gpio]` table: where GPIO terminals get their pins.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawGpio {
+    pub backend: Spanned<String>,
+    pub socket: Option<Spanned<String>>,
 }
 
 /// The `[uplink]` table: the MQTT broker.
@@ -123,6 +132,13 @@ pub(super) struct RawTerminal {
     pub presses_per_minute: Option<Spanned<f64>>,
     pub port: Option<Spanned<String>>,
     pub address: Option<Spanned<i64>>,
+    pub pins: Option<Spanned<Vec<i64>>>,
+    pub pull: Option<Spanned<String>>,
+    pub active: Option<Spanned<String>>,
+    pub debounce: Option<Spanned<String>>,
+    pub stuck_after: Option<Spanned<String>>,
+    pub led_pin: Option<Spanned<i64>>,
+    pub led_blink: Option<Spanned<String>>,
 }
 
 /// A size written either as a number of bytes or as text with a unit.

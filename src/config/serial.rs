@@ -38,6 +38,7 @@ struct PortSettings {
 impl Document<'_> {
     pub(super) fn serial_terminal(&self, raw: &RawTerminal) -> Result<SourceConfig, ConfigError> {
         self.unused("presses-per-minute", &raw.presses_per_minute, "serial")?;
+        self.unused_gpio_keys(raw, "serial")?;
         let Some(port) = &raw.port else {
             return Err(self.invalid(
                 "terminal.port",

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, GpioBackend, SourceConfig};
 use crate::display::{self, DisplayState};
 use crate::journal::{self, Journal, JournalError, JournalService};
 use crate::sources::registry::Registry;
 use crate::sources::serial::{self, PortContext};
-use crate::sources::{simulated, Intake};
+use crate::sources::{gpio, simulated, Intake};
 use crate::status::StatusSource;
 use crate::uplink::task::Uplink;
 use crate::uplink::{UplinkSettings, UplinkState};
@@ -41,6 +41,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot listen for SIGTERM/SIGINT: {0}")]
     Signals(std::io::Error),
+    /// The simulated GPIO header's socket could not be bound.
+    #[error(transparent)]
+    Gpio(#[from] crate::sources::gpio::pins::GpioError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr} (config key `listen`): {cause}")]
     Listen {
@@ -107,7 +110,7 @@ pub async fn run_until(
         &config, &journal, status, listener, &clock, &tasks, &shutdown,
     )
     .await?;
-    let sources = spawn_sources(&config, &intake, &registry, &clock, &shutdown);
+    let sources = spawn_sources(&config, &intake, &registry, &clock, &shutdown)?;
     log::info!(terminals = config.terminals.len(); "votegate running");
     let notifier = Arc::new(Notifier::from_env());
     notifier.notify(&format!(
@@ -228,14 +231,14 @@ fn start_uplink(
     state
 }
 
-/// Starts one task per simulated terminal and per serial port.
+/// Starts one task per simulated terminal, per serial port and per GPIO terminal.
 fn spawn_sources(
     config: &Config,
     intake: &Arc<Intake>,
     registry: &Arc<Registry>,
     clock: &Arc<dyn Clock>,
     shutdown: &CancellationToken,
-) -> TaskTracker {
+) -> Result<TaskTracker, DaemonError> {
     let sources = TaskTracker::new();
     for terminal in &config.terminals {
         if let SourceConfig::Simulated { presses_per_minute } = &terminal.source {
@@ -258,8 +261,57 @@ fn spawn_sources(
         };
         sources.spawn(serial::run_port(port.clone(), context, shutdown.clone()));
     }
+    let gpio_terminals: Vec<_> = config
+        .terminals
+        .iter()
+        .filter_map(|t| match &t.source {
+            SourceConfig::Gpio(settings) => Some((t.id.clone(), settings.clone())),
+            _ => None,
+        })
+        .collect();
+    if !gpio_terminals.is_empty() {
+        if let Some(header) = open_gpio_header(&config.gpio, &sources, shutdown)? {
+            let context = gpio::GpioContext {
+                intake: intake.clone(),
+                registry: registry.clone(),
+                clock: clock.clone(),
+                header,
+            };
+            for (id, settings) in gpio_terminals {
+                sources.spawn(gpio::run_terminal(
+                    id,
+                    settings,
+                    context.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
     sources.close();
-    sources
+    Ok(sources)
+}
+
+/// The GPIO header the config asks for. The Pi's header failing to open (not a Pi, no
+/// permission) is logged and leaves the GPIO terminals offline: the other terminals go on.
+fn open_gpio_header(
+    backend: &GpioBackend,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<dyn gpio::pins::Header>>, DaemonError> {
+    match backend {
+        GpioBackend::Header => match gpio::pins::RppalHeader::open() {
+            Ok(header) => Ok(Some(Arc::new(header))),
+            Err(err) => {
+                log::error!("GPIO terminals not started: {err}");
+                Ok(None)
+            }
+        },
+        GpioBackend::Simulated { socket } => {
+            let header = Arc::new(gpio::pins::SimulatedHeader::default());
+            tasks.spawn(header.clone().serve(socket, shutdown.clone())?);
+            Ok(Some(header))
+        }
+    }
 }
 
 fn open_journal(config: &Config) -> Result<JournalService, DaemonError> {

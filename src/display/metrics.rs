@@ -186,6 +186,30 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         sources.port_disconnects,
     );
     out.single(
+        "votegate_gpio_chords_total",
+        "counter",
+        "GPIO buttons pressed together (not counted as votes).",
+        sources.gpio_chords,
+    );
+    out.single(
+        "votegate_gpio_ignored_presses_total",
+        "counter",
+        "GPIO presses ignored because another button was held.",
+        sources.gpio_ignored,
+    );
+    out.single(
+        "votegate_gpio_stuck_total",
+        "counter",
+        "GPIO buttons held longer than stuck-after.",
+        sources.gpio_stuck,
+    );
+    out.single(
+        "votegate_gpio_missed_edges_total",
+        "counter",
+        "GPIO edges the kernel dropped (gaps in event sequence numbers).",
+        sources.gpio_missed_edges,
+    );
+    out.single(
         "votegate_uplink_connected",
         "gauge",
         "1 while connected to the MQTT broker.",

@@ -6,6 +6,7 @@
 //! the terminal (serial ack, GPIO LED).
 
 pub mod filter;
+pub mod gpio;
 pub mod registry;
 pub mod serial;
 pub mod simulated;

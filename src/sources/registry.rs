@@ -30,6 +30,9 @@ pub struct TerminalStatus {
     pub hardware_id: Option<String>,
     /// From its hello.
     pub firmware: Option<String>,
+    /// GPIO buttons held down longer than `stuck-after`, ignored until released.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stuck_buttons: Vec<crate::model::Button>,
 }
 
 /// Counters over all sources, since start.
@@ -45,6 +48,14 @@ pub struct SourceCounters {
     pub invalid_buttons: AtomicU64,
     /// Serial ports lost (unplugged, read error) and reopened.
     pub port_disconnects: AtomicU64,
+    /// GPIO: buttons pressed together, counted as nothing (one per chord).
+    pub gpio_chords: AtomicU64,
+    /// GPIO: presses ignored because another button was held.
+    pub gpio_ignored: AtomicU64,
+    /// GPIO: buttons that went stuck.
+    pub gpio_stuck: AtomicU64,
+    /// GPIO: edges the kernel dropped (gaps in rppal's event sequence numbers).
+    pub gpio_missed_edges: AtomicU64,
 }
 
 impl SourceCounters {
@@ -116,6 +127,12 @@ impl Registry {
         status.battery_mv = (report.battery_mv > 0).then_some(report.battery_mv);
         status.flags = report.flags;
         status.queued = Some(report.queued);
+    }
+
+    /// Records which GPIO buttons are stuck now.
+    pub fn stuck_buttons(&self, terminal: &TerminalId, stuck: Vec<crate::model::Button>) {
+        let mut terminals = self.lock();
+        terminals.entry(terminal.clone()).or_default().stuck_buttons = stuck;
     }
 
     /// Marks a terminal offline. Returns true if it was online.

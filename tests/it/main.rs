@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod config_files;
 mod display;
+mod gpio;
 mod harness;
 mod journal_crash;
 mod journal_model;
