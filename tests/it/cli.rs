@@ -2,13 +2,13 @@
 //! signal with its votes durable, and the `check` report.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use votegate::clock::kernel_sync_state;
 use votegate::journal::{Journal, Limits};
 
-use crate::harness::{votegate_bin, write_file, RunningChild};
+use crate::harness::{time_scale, votegate_command, write_file, RunningChild};
 
 fn config_text(data_dir: &Path) -> String {
     format!(
@@ -36,7 +36,7 @@ presses-per-minute = 1200
 }
 
 fn votegate(args: &[&str]) -> Output {
-    Command::new(votegate_bin())
+    votegate_command()
         .args(args)
         .output()
         .expect("votegate runs")
@@ -50,7 +50,7 @@ fn stop_with(signal: i32) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("journal");
     let config = write_file(dir.path(), "votegate.toml", &config_text(&data_dir));
-    let child = Command::new(votegate_bin())
+    let child = votegate_command()
         .args(["run", "--config", config.to_str().expect("utf-8 path")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -58,7 +58,7 @@ fn stop_with(signal: i32) {
         .expect("votegate run starts");
     let pid = child.id() as i32;
     let mut running = RunningChild::new(child);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500) * u32::try_from(time_scale()).unwrap_or(1));
     assert!(!running.has_exited(), "votegate run exited early");
 
     let stopping = Instant::now();

@@ -4,14 +4,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use votegate::journal::{Journal, Limits};
 
 use crate::harness::http::{self, EventStream};
 use crate::harness::pty::Line;
-use crate::harness::{votegate_bin, write_file, RunningChild};
+use crate::harness::{votegate_command, write_file, RunningChild};
 
 /// A gateway with one serial terminal `entrance` and a simulator to press its buttons.
 pub struct Site {
@@ -55,7 +55,7 @@ port = "{}"
 /// Starts `votegate run` and returns it with the address it listens on.
 pub fn start_gateway(config: &Path) -> (RunningChild, SocketAddr) {
     let gateway = RunningChild::new(
-        Command::new(votegate_bin())
+        votegate_command()
             .args(["run", "--config", config.to_str().expect("utf-8")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -86,7 +86,7 @@ impl Site {
         );
         let (gateway, addr) = start_gateway(&config);
         let simulator = RunningChild::new(
-            Command::new(votegate_bin())
+            votegate_command()
                 .args([
                     "simulate",
                     "--serial",

@@ -159,6 +159,17 @@ fn simulated_pins_drive_the_daemon_into_the_journal_and_the_led_follows_the_dura
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_file(dir.path(), "votegate.toml", &config_text(dir.path()));
     let (gateway, addr) = start_gateway(&config);
+    for terminal in ["door", "till"] {
+        let reading = format!("GPIO terminal reading terminal={terminal}");
+        gateway
+            .wait_for_stderr(&reading, Duration::from_secs(10))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{terminal} never claimed its pins:\n{}",
+                    gateway.stderr_so_far()
+                )
+            });
+    }
     let mut panel = Panel::connect(&dir.path().join("gpio.sock"), seed("gpio"));
 
     // Bouncy presses on both terminals: each counts once and lights its own LED. The door's

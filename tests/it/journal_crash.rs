@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::harness::appender::{self, History, CHILD_DIR_ENV, CHILD_START_ENV};
 use crate::harness::powercut_fs::PowerCutFs;
-use crate::harness::{seed, spawn_test_child, RunningChild};
+use crate::harness::{seed, spawn_test_child, time_scale, RunningChild};
 
 const CHILD_TEST: &str = "journal_crash::appender_child";
 const KILLS: usize = 60;
@@ -55,7 +55,7 @@ fn acknowledged_votes_survive_sigkill_at_random_moments() {
     for round in 0..KILLS {
         let child = start_appender(&journal_dir, &history);
         // Sometimes before the journal is even open, mostly in the middle of appending.
-        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250) * time_scale()));
         let (report, stderr) = kill_expecting_death(child);
         let mut verified = history
             .absorb(&report)
@@ -91,7 +91,7 @@ fn acknowledged_votes_survive_power_cuts() {
     let mut appended = 0;
     for cut in 0..POWER_CUTS {
         let child = start_appender(&journal_dir, &history);
-        std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
+        std::thread::sleep(Duration::from_millis(rng.u64(30..400) * time_scale()));
         let (report, stderr) = kill_expecting_death(child);
         // Half the cuts lose every unsynced page, half keep a random part of them.
         let keep = if cut % 2 == 0 { 0.0 } else { 0.5 };

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use votegate::journal::{Journal, Limits};
 
 use crate::harness::pty::Line;
-use crate::harness::{seed, votegate_bin, write_file, RunningChild};
+use crate::harness::{seed, votegate_command, write_file, RunningChild};
 
 const VOTES_PER_SIMULATOR: u64 = 60;
 
@@ -67,7 +67,7 @@ address = 2
 
 fn start_gateway(config: &Path) -> RunningChild {
     RunningChild::new(
-        Command::new(votegate_bin())
+        votegate_command()
             .args(["run", "--config", config.to_str().expect("utf-8")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,7 +77,7 @@ fn start_gateway(config: &Path) -> RunningChild {
 }
 
 fn start_simulator(line: &Line, terminals: &[&str], rate: &str) -> RunningChild {
-    let mut command = Command::new(votegate_bin());
+    let mut command = votegate_command();
     command.args([
         "simulate",
         "--serial",

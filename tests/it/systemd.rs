@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{repo_root, votegate_bin, write_file, RunningChild};
+use crate::harness::{repo_root, votegate_command, write_file, RunningChild};
 
 /// `key → values` of one section of a unit file (a key may repeat).
 fn unit_section(section: &str) -> HashMap<String, Vec<String>> {
@@ -130,7 +130,7 @@ fn the_daemon_notifies_ready_feeds_the_watchdog_and_says_stopping() {
         ),
     );
     let gateway = RunningChild::new(
-        Command::new(votegate_bin())
+        votegate_command()
             .args(["run", "--config", config.to_str().expect("utf-8")])
             .env("NOTIFY_SOCKET", &socket_path)
             .env("WATCHDOG_USEC", "600000")
@@ -180,7 +180,7 @@ fn the_offline_check_needs_neither_network_nor_hardware() {
             dir.path().join("journal").display()
         ),
     );
-    let output = Command::new(votegate_bin())
+    let output = votegate_command()
         .args([
             "check",
             "--offline",

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use votegate::journal::{Journal, Limits};
@@ -20,7 +20,7 @@ use crate::harness::pki::Pki;
 use crate::harness::proxy::{FaultProxy, Mode};
 use crate::harness::pty::Line;
 use crate::harness::subscriber::Subscriber;
-use crate::harness::{votegate_bin, write_file, RunningChild};
+use crate::harness::{votegate_command, write_file, RunningChild};
 
 /// Broker, proxy and subscriber.
 struct Cloud {
@@ -177,7 +177,7 @@ fn every_vote_arrives_through_cuts_stalls_and_black_holes() {
     cloud.prefill(500); // a backlog from an outage
     let (gateway, addr) = start_gateway(&cloud.good_config("max-batch-votes = 40"));
     let mut simulator = RunningChild::new(
-        Command::new(votegate_bin())
+        votegate_command()
             .args([
                 "simulate",
                 "--serial",
@@ -351,7 +351,7 @@ fn an_oversize_batch_is_split_until_the_broker_takes_it() {
 }
 
 fn check_output(config: &Path) -> String {
-    let output = Command::new(votegate_bin())
+    let output = votegate_command()
         .args(["check", "--config", config.to_str().expect("utf-8")])
         .output()
         .expect("check");
@@ -462,7 +462,7 @@ fn decode_prints_a_received_batch_as_json() {
         .into_iter()
         .find(|(t, _)| t.ends_with("/votes"))
         .expect("a batch");
-    let mut child = Command::new(votegate_bin())
+    let mut child = votegate_command()
         .arg("decode")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -480,7 +480,7 @@ fn decode_prints_a_received_batch_as_json() {
     assert_eq!(json["format"], 1);
     assert_eq!(json["votes"].as_array().map(Vec::len), Some(3));
     assert_eq!(json["votes"][0]["terminal"], "entrance");
-    let garbage = Command::new(votegate_bin())
+    let garbage = votegate_command()
         .args(["decode", "/etc/hostname"])
         .output()
         .expect("decode");

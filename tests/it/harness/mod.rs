@@ -19,6 +19,38 @@ pub fn votegate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_votegate")
 }
 
+/// A command running `program`, under `VOTEGATE_TEST_RUNNER` when that is set: scripts/cross-test
+/// runs the aarch64 suite under qemu-user, and the binaries the tests start (the gateway, this
+/// test binary) need the same emulator (cargo's `runner` only covers the test binary itself).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let runner = std::env::var("VOTEGATE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `votegate`, the binary built for this test run (see [`command`]).
+pub fn votegate_command() -> Command {
+    command(votegate_bin())
+}
+
+/// How much slower than native this run is: `VOTEGATE_TEST_TIME_SCALE` (scripts/cross-test sets
+/// 10 under qemu-user), 1 by default. Tests that kill a process at a random moment stretch
+/// their window by it, so that the emulated process still gets to work before it dies.
+pub fn time_scale() -> u64 {
+    std::env::var("VOTEGATE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|scale| *scale >= 1)
+        .unwrap_or(1)
+}
+
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,7 +184,7 @@ fn drain(
 /// Starts this test binary again, running only the test `name`, with extra environment.
 pub fn spawn_test_child(name: &str, env: &[(&str, String)]) -> RunningChild {
     let exe = std::env::current_exe().expect("test binary path");
-    let mut command = Command::new(exe);
+    let mut command = self::command(exe);
     command
         .args([name, "--exact", "--nocapture", "--test-threads", "1", "-q"])
         .stdin(Stdio::null())
