@@ -14,5 +14,6 @@ mod journal_model;
 mod package;
 mod protocol_spec;
 mod serial;
+mod soak;
 mod systemd;
 mod uplink;

@@ -1,0 +1,407 @@
+//! The soak: the whole gateway, black box, under the faults of a real site at once.
+//!
+//! Eight serial terminals (`votegate simulate` over kernel ptys: four point-to-point, four on one
+//! RS-485-style bus), two GPIO terminals on the simulated header, a Mosquitto with mutual TLS
+//! behind the fault proxy and a subscriber recording every batch. While the terminals press,
+//! the broker connection is cut every few seconds and black-holed for long stretches, and the
+//! gateway is killed with SIGKILL at random moments and restarted. At the end every vote a
+//! terminal saw acknowledged (a serial ack, a GPIO LED) must have reached the subscriber, no two
+//! different votes may share an id, and today's tallies must equal the counted votes.
+//!
+//! `VOTEGATE_SOAK_SECS` sets the length of the fault phase (default 90: the short form that
+//! `scripts/test` runs); `scripts/soak` runs the long form.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use votegate::uplink::payload::WireVote;
+
+use crate::display::start_gateway;
+use crate::harness::mosquitto::Mosquitto;
+use crate::harness::pki::Pki;
+use crate::harness::proxy::{FaultProxy, Mode};
+use crate::harness::pty::Line;
+use crate::harness::subscriber::Subscriber;
+use crate::harness::{http, seed, votegate_command, write_file, RunningChild};
+
+const POINT_TERMINALS: [&str; 4] = ["entrance", "exit", "checkout-1", "checkout-2"];
+const BUS_TERMINALS: [(&str, u8); 4] = [("gate-1", 1), ("gate-2", 2), ("gate-3", 3), ("gate-4", 4)];
+/// `(terminal, a button pin, its LED pin)` of the GPIO terminals (pull-up, active low).
+const GPIO_TERMINALS: [(&str, [u8; 4], u8); 2] = [
+    ("door-a", [5, 6, 13, 19], 26),
+    ("door-b", [17, 27, 22, 23], 24),
+];
+
+fn soak_duration() -> Duration {
+    let secs = std::env::var("VOTEGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90);
+    Duration::from_secs(secs)
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    _broker: Mosquitto,
+    proxy: FaultProxy,
+    subscriber: Subscriber,
+    point_lines: Vec<Line>,
+    bus_line: Line,
+    config: PathBuf,
+}
+
+impl Site {
+    fn start() -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = Pki::generate(dir.path());
+        let broker = Mosquitto::start(dir.path(), &pki, "");
+        let proxy = FaultProxy::start(broker.addr);
+        let subscriber = Subscriber::start(broker.addr, &pki, &broker.log);
+        let point_lines: Vec<Line> = POINT_TERMINALS
+            .iter()
+            .map(|name| Line::new(&dir.path().join(format!("ttyUSB-{name}"))))
+            .collect();
+        let bus_line = Line::new(&dir.path().join("ttyRS485"));
+        let mut text = format!(
+            r#"gateway-id = "gw-soak"
+site = "soak-store"
+data-dir = "{data}"
+time-zone = "UTC"
+listen = "127.0.0.1:0"
+
+[filter]
+min-interval = "0s"
+
+[gpio]
+backend = "simulated"
+socket = "{socket}"
+
+[uplink]
+host = "127.0.0.1"
+port = {proxy_port}
+ca-file = "{ca}"
+client-cert = "{cert}"
+client-key = "{key}"
+keepalive = "5s"
+backoff-cap = "2s"
+max-batch-age = "200ms"
+max-batch-votes = 50
+
+[[serial-port]]
+path = "{bus}"
+mode = "bus"
+poll-interval = "20ms"
+reply-timeout = "40ms"
+"#,
+            data = dir.path().join("journal").display(),
+            socket = dir.path().join("gpio.sock").display(),
+            proxy_port = proxy.addr.port(),
+            ca = pki.ca.display(),
+            cert = pki.gateway_cert.display(),
+            key = pki.gateway_key.display(),
+            bus = bus_line.gateway_path.display(),
+        );
+        for (name, line) in POINT_TERMINALS.iter().zip(&point_lines) {
+            text.push_str(&format!(
+                "\n[[terminal]]\nid = \"{name}\"\nkind = \"serial\"\nport = \"{}\"\n",
+                line.gateway_path.display()
+            ));
+        }
+        for (name, address) in BUS_TERMINALS {
+            text.push_str(&format!(
+                "\n[[terminal]]\nid = \"{name}\"\nkind = \"serial\"\nport = \"{}\"\naddress = {address}\n",
+                bus_line.gateway_path.display()
+            ));
+        }
+        for (name, pins, led) in GPIO_TERMINALS {
+            text.push_str(&format!(
+                "\n[[terminal]]\nid = \"{name}\"\nkind = \"gpio\"\npins = {pins:?}\nled-pin = {led}\nled-blink = \"1x50ms\"\n"
+            ));
+        }
+        let config = write_file(dir.path(), "votegate.toml", &text);
+        Site {
+            dir,
+            _broker: broker,
+            proxy,
+            subscriber,
+            point_lines,
+            bus_line,
+            config,
+        }
+    }
+
+    fn simulator(&self, line: &Line, terminals: &[String], first_term_seq: u32) -> RunningChild {
+        let mut command = votegate_command();
+        command
+            .args(["simulate", "--serial"])
+            .arg(&line.terminal_path);
+        for terminal in terminals {
+            command.args(["--terminal", terminal]);
+        }
+        RunningChild::new(
+            command
+                .args(["--rate", "120", "--retransmit-ms", "300"])
+                .args(["--first-term-seq", &first_term_seq.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("votegate simulate"),
+        )
+    }
+}
+
+/// Presses the GPIO terminals' buttons through the simulated header, reconnecting after every
+/// restart, and counts the presses whose LED lit (acknowledged).
+fn press_gpio(
+    socket: PathBuf,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    lit: Arc<Mutex<HashMap<String, u64>>>,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = UnixStream::connect(&socket) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        let (sender, leds) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stream = stream;
+        while !stop.load(Ordering::Relaxed) {
+            let (terminal, pins, led) = GPIO_TERMINALS[rng.usize(..GPIO_TERMINALS.len())];
+            let pin = pins[rng.usize(..4)];
+            let command = format!("edge {pin} 0\nwait 1\nedge {pin} 1\nwait 2\nedge {pin} 0\nwait 120\nedge {pin} 1\nwait 150\n");
+            if stream.write_all(command.as_bytes()).is_err() {
+                break;
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let expected = format!("led {led} 1");
+            let mut acknowledged = false;
+            let mut disconnected = false;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match leds.recv_timeout(left) {
+                    Ok(line) if line == expected => {
+                        acknowledged = true;
+                        break;
+                    }
+                    Ok(_) => {} // another LED going off, or `error` while the daemon restarts
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if acknowledged {
+                *lit.lock()
+                    .expect("lit")
+                    .entry(terminal.to_string())
+                    .or_default() += 1;
+            }
+            if disconnected {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(rng.u64(100..400)));
+        }
+    }
+}
+
+fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    std::panic::catch_unwind(|| http::get(addr, "/api/v1/status").json()).ok()
+}
+
+/// `(terminal, term_seq)` of every vote a simulator printed as acknowledged.
+fn acknowledged(simulator_stdout: &str) -> Vec<(String, u64)> {
+    simulator_stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|ack| {
+            (
+                ack["terminal"].as_str().expect("terminal").to_string(),
+                ack["term_seq"].as_u64().expect("term_seq"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_of_faults() {
+    let mut rng = fastrand::Rng::with_seed(seed("soak"));
+    let site = Site::start();
+    let (mut gateway, mut addr) = start_gateway(&site.config);
+    let mut simulators: Vec<RunningChild> = site
+        .point_lines
+        .iter()
+        .zip(POINT_TERMINALS)
+        .map(|(line, name)| site.simulator(line, &[name.to_string()], 1))
+        .collect();
+    let bus: Vec<String> = BUS_TERMINALS
+        .iter()
+        .map(|(n, a)| format!("{n}@{a}"))
+        .collect();
+    simulators.push(site.simulator(&site.bus_line, &bus, 1));
+    let stop_gpio = Arc::new(AtomicBool::new(false));
+    let lit: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let presser = {
+        let (socket, stop, lit) = (
+            site.dir.path().join("gpio.sock"),
+            stop_gpio.clone(),
+            lit.clone(),
+        );
+        let seed = rng.u64(..);
+        std::thread::spawn(move || press_gpio(socket, seed, stop, lit))
+    };
+
+    // Faults: a cut every 2–5 s; a long black hole (an eighth of the run) every quarter; a
+    // SIGKILL and restart every 10–25 s.
+    let duration = soak_duration();
+    let started = Instant::now();
+    let outage = duration / 8;
+    let mut next_cut = Instant::now() + Duration::from_millis(rng.u64(2_000..5_000));
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(10_000..25_000));
+    let mut next_outage = Instant::now() + duration / 4;
+    let mut outage_ends: Option<Instant> = None;
+    let kills = AtomicU64::new(0);
+    let mut cuts = 0u64;
+    let mut outages = 0u64;
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        if now >= next_cut {
+            site.proxy.cut();
+            cuts += 1;
+            next_cut = now + Duration::from_millis(rng.u64(2_000..5_000));
+        }
+        if outage_ends.is_none() && now >= next_outage {
+            site.proxy.set_mode(Mode::BlackHole);
+            outages += 1;
+            outage_ends = Some(now + outage);
+            next_outage = now + duration / 4;
+        }
+        if outage_ends.is_some_and(|end| now >= end) {
+            site.proxy.set_mode(Mode::Pass);
+            outage_ends = None;
+        }
+        if now >= next_kill {
+            let _ = gateway.kill();
+            kills.fetch_add(1, Ordering::Relaxed);
+            (gateway, addr) = start_gateway(&site.config);
+            next_kill = Instant::now() + Duration::from_millis(rng.u64(10_000..25_000));
+        }
+    }
+    site.proxy.set_mode(Mode::Pass);
+
+    // Quiesce: terminals stop, their last retransmissions are answered, the journal drains.
+    stop_gpio.store(true, Ordering::Relaxed);
+    presser.join().expect("GPIO presser");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut serial_acks: Vec<(String, u64)> = Vec::new();
+    for simulator in simulators {
+        let (stdout, _) = simulator.kill();
+        serial_acks.extend(acknowledged(&stdout));
+    }
+    let drained = Instant::now();
+    loop {
+        if status(addr).is_some_and(|s| s["journal"]["depth"] == 0) {
+            break;
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(120),
+            "the journal did not drain:\n{}",
+            gateway.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tallies = http::get(addr, "/api/v1/tallies").json();
+    let final_status = status(addr).expect("status");
+    let log = gateway.kill().1;
+
+    // Every vote received, by seq; a seq redelivered must carry the same vote.
+    let mut by_seq: BTreeMap<u64, WireVote> = BTreeMap::new();
+    let mut batches = 0;
+    for batch in site.subscriber.batches() {
+        batches += 1;
+        assert_eq!(
+            (batch.gateway_id.as_str(), batch.site.as_str()),
+            ("gw-soak", "soak-store")
+        );
+        for vote in batch.votes {
+            if let Some(earlier) = by_seq.get(&vote.seq) {
+                assert_eq!(earlier, &vote, "two different votes share seq {}", vote.seq);
+            }
+            by_seq.insert(vote.seq, vote);
+        }
+    }
+    // A retransmitted serial vote is one vote: one seq per (terminal, term_seq).
+    let mut seq_of: HashMap<(String, u64), u64> = HashMap::new();
+    for vote in by_seq.values() {
+        if let Some(term_seq) = vote.term_seq {
+            if let Some(other) = seq_of.insert((vote.terminal.clone(), term_seq), vote.seq) {
+                panic!(
+                    "{} term_seq {term_seq} stored twice, as seq {other} and {}",
+                    vote.terminal, vote.seq
+                );
+            }
+        }
+    }
+    // Every serial vote a terminal saw acknowledged reached the cloud.
+    let unique_acks: HashSet<(String, u64)> = serial_acks.iter().cloned().collect();
+    for ack in &unique_acks {
+        assert!(
+            seq_of.contains_key(ack),
+            "acknowledged vote {ack:?} never reached the cloud\n{log}"
+        );
+    }
+    // Every GPIO press whose LED lit reached the cloud (a press may also be stored without its
+    // LED being seen, when the daemon died right after the fsync).
+    let lit = lit.lock().expect("lit").clone();
+    for (terminal, _, _) in GPIO_TERMINALS {
+        let received = by_seq.values().filter(|v| v.terminal == terminal).count() as u64;
+        let thanked = lit.get(terminal).copied().unwrap_or(0);
+        assert!(thanked > 0, "no press on {terminal} was ever acknowledged");
+        assert!(
+            received >= thanked,
+            "{terminal}: {thanked} LEDs lit but only {received} votes arrived"
+        );
+    }
+    // The screen counts exactly the counted votes (all of today's, min-interval 0).
+    let counted = by_seq.values().filter(|v| !v.filtered).count() as u64;
+    assert_eq!(
+        tallies["site"]["today"]["total"].as_u64(),
+        Some(counted),
+        "{tallies:#}"
+    );
+    assert_eq!(final_status["journal"]["dropped"], 0);
+
+    eprintln!(
+        "soak {:?}: {} kills, {cuts} cuts, {outages} outages; {} serial votes acknowledged, GPIO LEDs {:?}; \
+         {} votes received in {batches} batches, {} on the screen",
+        duration,
+        kills.load(Ordering::Relaxed),
+        unique_acks.len(),
+        lit,
+        by_seq.len(),
+        counted
+    );
+    assert!(
+        kills.load(Ordering::Relaxed) >= 2 && cuts >= 5 && outages >= 1,
+        "the faults did not happen"
+    );
+}
