@@ -14,135 +14,22 @@
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use std::collections::HashSet;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{subscribe, usage, wait_until};
 use harness::mosquitto::Mosquitto;
 use harness::pki::Pki;
 use harness::proxy::{FaultProxy, Mode};
 use harness::RunningChild;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use votegate::journal::{Journal, Limits};
 use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
-use votegate::uplink::payload::{self, PayloadFormat, WireVote};
-
-/// (CPU seconds, peak RSS MiB) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks / hz, hwm / 1024)
-}
-
-fn tls(pki: &Pki) -> TlsConfiguration {
-    use rumqttc::tokio_rustls::rustls::{
-        self, pki_types::pem::PemObject, pki_types::CertificateDer, pki_types::PrivateKeyDer,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&pki.subscriber_cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&pki.subscriber_key).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    TlsConfiguration::Rustls(Arc::new(config))
-}
-
-/// Counts distinct votes arriving at the broker, separately for votegate's batches (`votegate/#`)
-/// and the bridge's single votes (`bridge/#`): both carry seqs 1…N.
-fn subscribe(
-    broker: std::net::SocketAddr,
-    pki: &Pki,
-    from_votegate: Arc<AtomicU64>,
-    from_bridge: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let tls = tls(pki);
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let mut options = MqttOptions::new("bench-subscriber", "127.0.0.1", broker.port());
-            options
-                .set_transport(Transport::tls_with_config(tls))
-                .set_max_packet_size(1 << 24, 1 << 16)
-                .set_keep_alive(Duration::from_secs(30));
-            let (client, mut eventloop) = AsyncClient::new(options, 16);
-            client
-                .subscribe("votegate/#", QoS::AtMostOnce)
-                .await
-                .unwrap();
-            client.subscribe("bridge/#", QoS::AtMostOnce).await.unwrap();
-            let (mut votegate, mut bridge) = (HashSet::new(), HashSet::new());
-            while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
-                        if publish.topic.ends_with("/votes") {
-                            for vote in payload::decode(&publish.payload).expect("batch").votes {
-                                votegate.insert(vote.seq);
-                            }
-                            from_votegate.store(votegate.len() as u64, Ordering::Relaxed);
-                        } else if publish.topic.starts_with("bridge/") {
-                            let vote: WireVote =
-                                postcard::from_bytes(&publish.payload).expect("vote");
-                            bridge.insert(vote.seq);
-                            from_bridge.store(bridge.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Err(err)) => panic!("subscriber: {err}"),
-                    _ => {}
-                }
-            }
-        });
-    })
-}
-
-fn wait_until(counted: &AtomicU64, want: u64, limit: Duration) -> Duration {
-    let start = Instant::now();
-    while counted.load(Ordering::Relaxed) < want {
-        assert!(
-            start.elapsed() < limit,
-            "only {} of {want} arrived",
-            counted.load(Ordering::Relaxed)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
+use votegate::uplink::payload::{PayloadFormat, WireVote};
 
 fn wire_votes(count: u64) -> impl Iterator<Item = Press> {
     let terminal = TerminalId::new("entrance").unwrap();
@@ -317,6 +204,8 @@ fn main() {
         drop(feeder.await.unwrap());
     });
     eprintln!("uplink_drain: bridge draining");
+    let bridge_buffered_rss = common::rss_now(local.pid());
+    eprintln!("uplink_drain: the bridge holds {votes} votes in {bridge_buffered_rss} MiB RSS");
     let (cpu_before, _) = usage(local.pid());
     proxy.set_mode(Mode::Pass);
     let bridge_time = wait_until(&from_bridge, votes, limit);
@@ -334,6 +223,7 @@ fn main() {
         rate(gateway_time), gateway_time.as_secs_f64());
     println!("| Mosquitto bridge (persistence, one QoS 1 message per vote) | {:.0} ({:.1} s) | {:.1} | {bridge_rss} MiB |",
         rate(bridge_time), bridge_time.as_secs_f64(), cpu_after - cpu_before);
+    println!("(the bridge's RSS holding all {votes} votes before its link opened: {bridge_buffered_rss} MiB)");
     println!(
         "| ratio votegate / bridge | {:.1}× faster | {:.1}× the CPU | |",
         bridge_time.as_secs_f64() / gateway_time.as_secs_f64(),

@@ -39,7 +39,39 @@ impl StoreError {
 /// error may briefly find it taken; a lock still held after this long belongs to another process.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// Removes snapshots sled left half-written. sled 0.34 writes a snapshot to
+/// `snap.<lsn>.generating`, fsyncs it and renames it; killed in between, it leaves that file, and
+/// at the next open it takes it for the newest snapshot and fails with "Read corrupted data"
+/// (sled issues #1527, #1533), which would leave the gateway unable to start. The complete
+/// snapshot before it and the log are intact, so the leftover is only removed.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(StoreError::io("cannot list", dir, err)),
+    };
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            log::warn!(
+                "removing {}: a journal snapshot left unfinished by a crash",
+                path.display()
+            );
+            std::fs::remove_file(&path)
+                .map_err(|err| StoreError::io("cannot remove", &path, err))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_file(dir)?;
+    }
+    Ok(())
+}
+
 fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    remove_unfinished_snapshots(dir)?;
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_bytes)
@@ -247,6 +279,31 @@ mod tests {
             started.elapsed() >= Duration::from_millis(250),
             "did not wait for the lock"
         );
+    }
+
+    #[test]
+    fn a_snapshot_left_half_written_by_a_crash_does_not_brick_the_journal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store
+            .db
+            .insert(b"vote", b"kept".as_slice())
+            .expect("insert");
+        store.make_durable().expect("durable");
+        drop(store);
+        // What a kill during sled's snapshot leaves: a `.generating` file with a higher lsn.
+        let leftover = dir.path().join("snap.00000000FFFFFFFF.generating");
+        std::fs::write(&leftover, [0u8; 64]).expect("leftover");
+        // sled alone cannot open it (sled #1527): the case this guards against.
+        let plain = sled::Config::new().path(dir.path()).open();
+        assert!(
+            plain.is_err(),
+            "sled opened a journal with a half-written snapshot"
+        );
+        drop(plain);
+        let store = Store::open(dir.path(), 1 << 20).expect("reopen after the crash");
+        assert_eq!(store.get(b"vote").expect("get"), Some(b"kept".to_vec()));
+        assert!(!leftover.exists());
     }
 
     #[test]

@@ -213,14 +213,19 @@ impl Led for RppalLed {
 /// - `edge PIN 0|1`: the pin goes low or high;
 /// - `wait MS`: the next edge comes MS milliseconds (fractions allowed) after the previous one.
 ///
-/// Edges are stamped on a per-connection schedule (a `wait` adds exactly MS), so a bounce train
-/// keeps its exact timing however the machine schedules the simulator. Clients receive
+/// Edges are stamped on a per-connection schedule (a `wait` adds exactly MS), and the simulator
+/// runs up to [`SIMULATION_LOOKAHEAD`] ahead of the clock, so a bounce train keeps its exact
+/// timing however late a loaded (or emulated) machine runs the simulator: edges may arrive
+/// early, stamped in the near future, but never late. Clients receive
 /// `led PIN 0|1` on every LED change, and `error …` for a command that cannot be done.
 pub struct SimulatedHeader {
     epoch: Instant,
     pins: Mutex<HashMap<u8, SimulatedInput>>,
     leds: broadcast::Sender<(u8, bool)>,
 }
+
+/// How far ahead of the clock the simulated header may stamp edges.
+pub const SIMULATION_LOOKAHEAD: Duration = Duration::from_millis(250);
 
 struct SimulatedInput {
     sender: mpsc::UnboundedSender<Edge>,
@@ -387,8 +392,10 @@ impl SimulatedHeader {
         }
     }
 
+    /// Waits until the schedule is at most [`SIMULATION_LOOKAHEAD`] ahead of the clock.
     async fn sleep_until(&self, at: Duration) {
         let now = self.now();
+        let at = at.saturating_sub(SIMULATION_LOOKAHEAD);
         if at > now {
             tokio::time::sleep(at - now).await;
         }
