@@ -2,9 +2,11 @@
 //!
 //! Eight serial terminals (`votegate simulate` over kernel ptys: four point-to-point, four on one
 //! RS-485-style bus), two GPIO terminals on the simulated header, a Mosquitto with mutual TLS
-//! behind the fault proxy and a subscriber recording every batch. While the terminals press,
-//! the broker connection is cut every few seconds and black-holed for long stretches, and the
-//! gateway is killed with SIGKILL at random moments and restarted. At the end every vote a
+//! behind the fault proxy and a subscriber recording every batch. The journal lives on the
+//! power-cut filesystem of the journal tests (FUSE: it forgets every write not made durable).
+//! While the terminals press, the broker connection is cut every few seconds and black-holed for
+//! long stretches, and the gateway is killed with SIGKILL at random moments and restarted; every
+//! third kill is a power cut (unsynced pages lost) before the restart. At the end every vote a
 //! terminal saw acknowledged (a serial ack, a GPIO LED) must have reached the subscriber, no two
 //! different votes may share an id, and today's tallies must equal the counted votes.
 //!
@@ -26,6 +28,7 @@ use votegate::uplink::payload::WireVote;
 use crate::display::start_gateway;
 use crate::harness::mosquitto::Mosquitto;
 use crate::harness::pki::Pki;
+use crate::harness::powercut_fs::PowerCutFs;
 use crate::harness::proxy::{FaultProxy, Mode};
 use crate::harness::pty::Line;
 use crate::harness::subscriber::Subscriber;
@@ -48,6 +51,8 @@ fn soak_duration() -> Duration {
 }
 
 struct Site {
+    /// The journal's disk; declared first so that it is unmounted before the folder goes.
+    disk: PowerCutFs,
     dir: tempfile::TempDir,
     _broker: Mosquitto,
     proxy: FaultProxy,
@@ -60,6 +65,11 @@ struct Site {
 impl Site {
     fn start() -> Site {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mountpoint = dir.path().join("disk");
+        std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+        let disk = PowerCutFs::mount(&mountpoint).unwrap_or_else(|err| {
+            panic!("cannot mount the power-cut filesystem (needs /dev/fuse; scripts/test installs fuse3): {err}")
+        });
         let pki = Pki::generate(dir.path());
         let broker = Mosquitto::start(dir.path(), &pki, "");
         let proxy = FaultProxy::start(broker.addr);
@@ -100,7 +110,7 @@ mode = "bus"
 poll-interval = "20ms"
 reply-timeout = "40ms"
 "#,
-            data = dir.path().join("journal").display(),
+            data = mountpoint.join("journal").display(),
             socket = dir.path().join("gpio.sock").display(),
             proxy_port = proxy.addr.port(),
             ca = pki.ca.display(),
@@ -127,6 +137,7 @@ reply-timeout = "40ms"
         }
         let config = write_file(dir.path(), "votegate.toml", &text);
         Site {
+            disk,
             dir,
             _broker: broker,
             proxy,
@@ -244,7 +255,7 @@ fn acknowledged(simulator_stdout: &str) -> Vec<(String, u64)> {
 #[test]
 fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_of_faults() {
     let mut rng = fastrand::Rng::with_seed(seed("soak"));
-    let site = Site::start();
+    let mut site = Site::start();
     let (mut gateway, mut addr) = start_gateway(&site.config);
     let mut simulators: Vec<RunningChild> = site
         .point_lines
@@ -270,17 +281,19 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     };
 
     // Faults: a cut every 2–5 s; a long black hole (an eighth of the run) every quarter; a
-    // SIGKILL and restart every 10–25 s.
+    // SIGKILL and restart every 8–20 s; every third kill is a power cut.
     let duration = soak_duration();
     let started = Instant::now();
     let outage = duration / 8;
     let mut next_cut = Instant::now() + Duration::from_millis(rng.u64(2_000..5_000));
-    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(10_000..25_000));
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(8_000..20_000));
     let mut next_outage = Instant::now() + duration / 4;
     let mut outage_ends: Option<Instant> = None;
     let kills = AtomicU64::new(0);
     let mut cuts = 0u64;
     let mut outages = 0u64;
+    let mut power_cuts = 0u64;
+    let mut pages_lost = 0usize;
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
@@ -301,9 +314,15 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
         }
         if now >= next_kill {
             let _ = gateway.kill();
-            kills.fetch_add(1, Ordering::Relaxed);
+            if kills.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+                // A power cut: half of them lose every unsynced page, half keep a random part.
+                let keep = if power_cuts % 2 == 0 { 0.0 } else { 0.5 };
+                let report = site.disk.cut(keep, &mut rng).expect("power cut");
+                pages_lost += report.pages_lost;
+                power_cuts += 1;
+            }
             (gateway, addr) = start_gateway(&site.config);
-            next_kill = Instant::now() + Duration::from_millis(rng.u64(10_000..25_000));
+            next_kill = Instant::now() + Duration::from_millis(rng.u64(8_000..20_000));
         }
     }
     site.proxy.set_mode(Mode::Pass);
@@ -391,7 +410,7 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     assert_eq!(final_status["journal"]["dropped"], 0);
 
     eprintln!(
-        "soak {:?}: {} kills, {cuts} cuts, {outages} outages; {} serial votes acknowledged, GPIO LEDs {:?}; \
+        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages; {} serial votes acknowledged, GPIO LEDs {:?}; \
          {} votes received in {batches} batches, {} on the screen",
         duration,
         kills.load(Ordering::Relaxed),
