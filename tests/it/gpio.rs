@@ -200,8 +200,16 @@ fn simulated_pins_drive_the_daemon_into_the_journal_and_the_led_follows_the_dura
     panel.send(&["edge 22 1".into()]);
     panel.expect_led(TILL_LED, &gateway);
     panel.expect_led(TILL_LED, &gateway);
-    std::thread::sleep(Duration::from_millis(2_300));
-    let stuck = status(addr);
+    // Stuck 2 s after it went down (stamped up to 250 ms ahead by the simulated header).
+    std::thread::sleep(Duration::from_millis(2_000));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let stuck = loop {
+        let stuck = status(addr);
+        if stuck["sources"]["gpio_stuck"] == 1 || Instant::now() > deadline {
+            break stuck;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         stuck["terminals"]["till"]["stuck_buttons"],
         serde_json::json!([3]),
@@ -213,8 +221,16 @@ fn simulated_pins_drive_the_daemon_into_the_journal_and_the_led_follows_the_dura
     panel.expect_led(TILL_LED, &gateway);
     panel.expect_led(TILL_LED, &gateway);
     panel.send(&["edge 22 0".into()]);
-    std::thread::sleep(Duration::from_millis(200));
-    let released = status(addr);
+    // The simulated header may stamp the release up to 250 ms ahead; it settles 20 ms later.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let released = loop {
+        let released = status(addr);
+        if released["terminals"]["till"].get("stuck_buttons").is_none() || Instant::now() > deadline
+        {
+            break released;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         released["terminals"]["till"].get("stuck_buttons").is_none(),
         "{released:#}"

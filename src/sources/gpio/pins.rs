@@ -5,6 +5,7 @@
 //! stands in for it in tests and the demo, driven over a Unix socket (see [`SimulatedHeader::serve`]).
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -290,8 +291,17 @@ impl SimulatedHeader {
             path: path.to_path_buf(),
             cause,
         };
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
+        // A socket left by an earlier run is replaced; anything else at that path is kept.
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                std::fs::remove_file(path).map_err(socket_error)?;
+            }
+            Ok(_) => {
+                return Err(socket_error(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                )))
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(socket_error(err)),
         }
@@ -474,6 +484,22 @@ mod tests {
             Err(other) => panic!("expected Unavailable off a Pi or Ok on one, got {other}"),
             Ok(_) => assert!(on_a_pi, "not a Raspberry Pi, yet rppal opened its GPIO"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_control_socket_replaces_a_stale_socket_but_never_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let header = Arc::new(SimulatedHeader::default());
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+        assert!(header
+            .clone()
+            .serve(&stale, CancellationToken::new())
+            .is_ok());
+        let file = dir.path().join("votegate.toml");
+        std::fs::write(&file, "keep me").expect("file");
+        assert!(header.serve(&file, CancellationToken::new()).is_err());
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
     }
 
     #[tokio::test]
