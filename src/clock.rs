@@ -68,29 +68,84 @@ pub enum ClockError {
     BootId(String),
 }
 
+/// The environment variable naming a [`ClockOverride`] file: a test seam for the black-box
+/// tests (the soak plays a Pi that boots unsynchronised and syncs later). Never set in service.
+pub const CLOCK_OVERRIDE_ENV: &str = "VOTEGATE_CLOCK_OVERRIDE";
+
+/// What a clock override file says: `synced=0|1 offset_ms=N` (the wall clock is the system's
+/// plus N ms). Re-read at every reading, so a test can sync the clock of a running daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOverride {
+    /// Whether the clock counts as synchronised.
+    pub synced: bool,
+    /// Added to the system's wall clock.
+    pub offset_ms: i64,
+}
+
+impl ClockOverride {
+    /// Parses `synced=0|1 offset_ms=N` (whitespace separated, any order; offset defaults to 0).
+    pub fn parse(text: &str) -> Option<ClockOverride> {
+        let mut synced = None;
+        let mut offset_ms = 0;
+        for word in text.split_whitespace() {
+            match word.split_once('=')? {
+                ("synced", "1") => synced = Some(true),
+                ("synced", "0") => synced = Some(false),
+                ("offset_ms", value) => offset_ms = value.parse().ok()?,
+                _ => return None,
+            }
+        }
+        Some(ClockOverride {
+            synced: synced?,
+            offset_ms,
+        })
+    }
+}
+
 /// The real clocks of this machine.
 #[derive(Debug)]
 pub struct SystemClock {
     boot_id: BootId,
+    override_file: Option<std::path::PathBuf>,
 }
 
 impl SystemClock {
-    /// Reads the boot id once; every later reading reuses it.
+    /// Reads the boot id once; every later reading reuses it. Honours [`CLOCK_OVERRIDE_ENV`].
     pub fn new() -> Result<SystemClock, ClockError> {
         let text = std::fs::read_to_string(BOOT_ID_PATH)
             .map_err(|err| ClockError::BootId(err.to_string()))?;
         let boot_id = BootId::parse(&text)
             .ok_or_else(|| ClockError::BootId(format!("unexpected content {:?}", text.trim())))?;
-        Ok(SystemClock { boot_id })
+        let override_file = std::env::var_os(CLOCK_OVERRIDE_ENV).map(std::path::PathBuf::from);
+        if let Some(path) = &override_file {
+            log::warn!(
+                "{CLOCK_OVERRIDE_ENV} is set: clock sync state and offset come from {} (a test seam)",
+                path.display()
+            );
+        }
+        Ok(SystemClock {
+            boot_id,
+            override_file,
+        })
+    }
+
+    fn overridden(&self) -> Option<ClockOverride> {
+        let path = self.override_file.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        ClockOverride::parse(&text)
     }
 }
 
 impl Clock for SystemClock {
     fn now(&self) -> ClockReading {
+        let (synced, offset_ms) = match self.overridden() {
+            Some(fake) => (fake.synced, fake.offset_ms),
+            None => (kernel_sync_state().synced, 0),
+        };
         ClockReading {
-            wall_ms: wall_clock_ms(),
+            wall_ms: wall_clock_ms().saturating_add_signed(offset_ms),
             mono_ms: boot_time_ms(),
-            synced: kernel_sync_state().synced,
+            synced,
             boot_id: self.boot_id,
         }
     }
@@ -213,6 +268,31 @@ mod tests {
 
     const JAN_1970_PLUS_1S: u64 = 1_000;
     const NOV_2026: u64 = 1_795_000_000_000;
+
+    #[test]
+    fn clock_override_files_parse_strictly() {
+        assert_eq!(
+            ClockOverride::parse("synced=0 offset_ms=-600000\n"),
+            Some(ClockOverride {
+                synced: false,
+                offset_ms: -600_000
+            })
+        );
+        assert_eq!(
+            ClockOverride::parse("synced=1"),
+            Some(ClockOverride {
+                synced: true,
+                offset_ms: 0
+            })
+        );
+        assert_eq!(
+            ClockOverride::parse("offset_ms=5"),
+            None,
+            "synced is required"
+        );
+        assert_eq!(ClockOverride::parse("synced=yes"), None);
+        assert_eq!(ClockOverride::parse("synced=1 tz=UTC"), None);
+    }
 
     #[test]
     fn a_press_before_sync_is_restamped_from_monotonic_time_in_the_same_boot() {

@@ -54,8 +54,17 @@ port = "{}"
 
 /// Starts `votegate run` and returns it with the address it listens on.
 pub fn start_gateway(config: &Path) -> (RunningChild, SocketAddr) {
+    start_gateway_with_env(config, &[])
+}
+
+/// [`start_gateway`] with extra environment variables.
+pub fn start_gateway_with_env(config: &Path, env: &[(&str, &Path)]) -> (RunningChild, SocketAddr) {
+    let mut command = votegate_command();
+    for (key, value) in env {
+        command.env(key, value);
+    }
     let gateway = RunningChild::new(
-        votegate_command()
+        command
             .args(["run", "--config", config.to_str().expect("utf-8")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -6,7 +6,10 @@
 //! power-cut filesystem of the journal tests (FUSE: it forgets every write not made durable).
 //! While the terminals press, the broker connection is cut every few seconds and black-holed for
 //! long stretches, and the gateway is killed with SIGKILL at random moments and restarted; every
-//! third kill is a power cut (unsynced pages lost) before the restart. At the end every vote a
+//! third kill is a power cut (unsynced pages lost) before the restart. The gateway starts with an
+//! unsynchronised clock 10 minutes slow, in an outage; its clock syncs (through the clock
+//! override seam, `VOTEGATE_CLOCK_OVERRIDE`) before the outage ends, so the votes pressed
+//! before must reach the cloud re-stamped with the right time. At the end every vote a
 //! terminal saw acknowledged (a serial ack, a GPIO LED) must have reached the subscriber, no two
 //! different votes may share an id, and today's tallies must equal the counted votes.
 //!
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use votegate::uplink::payload::WireVote;
 
-use crate::display::start_gateway;
+use crate::display::start_gateway_with_env;
 use crate::harness::mosquitto::Mosquitto;
 use crate::harness::pki::Pki;
 use crate::harness::powercut_fs::PowerCutFs;
@@ -256,7 +259,19 @@ fn acknowledged(simulator_stdout: &str) -> Vec<(String, u64)> {
 fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_of_faults() {
     let mut rng = fastrand::Rng::with_seed(seed("soak"));
     let mut site = Site::start();
-    let (mut gateway, mut addr) = start_gateway(&site.config);
+    // The Pi boots in an outage with an unsynchronised clock, 10 minutes slow.
+    let clock_file = site.dir.path().join("clock");
+    std::fs::write(&clock_file, "synced=0 offset_ms=-600000").expect("clock file");
+    let clock_env = [(votegate::clock::CLOCK_OVERRIDE_ENV, clock_file.as_path())];
+    site.proxy.set_mode(Mode::BlackHole);
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    };
+    let started_wall_ms = wall_ms();
+    let (mut gateway, mut addr) = start_gateway_with_env(&site.config, &clock_env);
     let mut simulators: Vec<RunningChild> = site
         .point_lines
         .iter()
@@ -288,15 +303,23 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     let mut next_cut = Instant::now() + Duration::from_millis(rng.u64(2_000..5_000));
     let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(8_000..20_000));
     let mut next_outage = Instant::now() + duration / 4;
-    let mut outage_ends: Option<Instant> = None;
+    // The first outage, from the start: the clock syncs at 15 % of the run, the link returns at 20 %.
+    let mut outage_ends: Option<Instant> = Some(Instant::now() + duration / 5);
+    let mut sync_at = Some(Instant::now() + duration * 3 / 20);
+    let mut synced_wall_ms = u64::MAX;
     let kills = AtomicU64::new(0);
     let mut cuts = 0u64;
-    let mut outages = 0u64;
+    let mut outages = 1u64; // the first one, from the start
     let mut power_cuts = 0u64;
     let mut pages_lost = 0usize;
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
+        if sync_at.is_some_and(|at| now >= at) {
+            std::fs::write(&clock_file, "synced=1 offset_ms=0").expect("clock file");
+            synced_wall_ms = wall_ms();
+            sync_at = None;
+        }
         if now >= next_cut {
             site.proxy.cut();
             cuts += 1;
@@ -321,7 +344,7 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
                 pages_lost += report.pages_lost;
                 power_cuts += 1;
             }
-            (gateway, addr) = start_gateway(&site.config);
+            (gateway, addr) = start_gateway_with_env(&site.config, &clock_env);
             next_kill = Instant::now() + Duration::from_millis(rng.u64(8_000..20_000));
         }
     }
@@ -400,6 +423,30 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
             "{terminal}: {thanked} LEDs lit but only {received} votes arrived"
         );
     }
+    // The votes pressed before the clock synced were held by the outage and sent after it: each
+    // carries clock_synced=false, restamped=true and a time from the real clock (not 10 min slow).
+    let unsynced: Vec<&WireVote> = by_seq.values().filter(|v| !v.clock_synced).collect();
+    assert!(
+        !unsynced.is_empty(),
+        "no vote was pressed before the clock synced"
+    );
+    for vote in &unsynced {
+        assert!(
+            vote.restamped,
+            "seq {} was stamped unsynchronised and never re-stamped",
+            vote.seq
+        );
+        assert!(
+            vote.ts_ms + 1_000 >= started_wall_ms && vote.ts_ms <= synced_wall_ms + 1_000,
+            "seq {} re-stamped to {} outside the unsynchronised phase [{started_wall_ms}, {synced_wall_ms}]",
+            vote.seq,
+            vote.ts_ms
+        );
+    }
+    assert!(by_seq
+        .values()
+        .filter(|v| v.clock_synced)
+        .all(|v| !v.restamped));
     // The screen counts exactly the counted votes (all of today's, min-interval 0).
     let counted = by_seq.values().filter(|v| !v.filtered).count() as u64;
     assert_eq!(
@@ -410,10 +457,11 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     assert_eq!(final_status["journal"]["dropped"], 0);
 
     eprintln!(
-        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages; {} serial votes acknowledged, GPIO LEDs {:?}; \
+        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages, {} votes re-stamped after the clock synced; {} serial votes acknowledged, GPIO LEDs {:?}; \
          {} votes received in {batches} batches, {} on the screen",
         duration,
         kills.load(Ordering::Relaxed),
+        unsynced.len(),
         unique_acks.len(),
         lit,
         by_seq.len(),
