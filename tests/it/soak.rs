@@ -6,7 +6,9 @@
 //! power-cut filesystem of the journal tests (FUSE: it forgets every write not made durable).
 //! While the terminals press, the broker connection is cut every few seconds and black-holed for
 //! long stretches, and the gateway is killed with SIGKILL at random moments and restarted; every
-//! third kill is a power cut (unsynced pages lost) before the restart. The gateway starts with an
+//! third kill is a power cut (unsynced pages lost) before the restart. From 55 % to 65 % of the
+//! run the journal's disk is full: serial votes go unacknowledged and are sent again, GPIO presses
+//! are lost, and the journal must count exactly those in its `dropped` counter. The gateway starts with an
 //! unsynchronised clock 10 minutes slow, in an outage; its clock syncs (through the clock
 //! override seam, `VOTEGATE_CLOCK_OVERRIDE`) before the outage ends, so the votes pressed
 //! before must reach the cloud re-stamped with the right time. At the end every vote a
@@ -178,6 +180,8 @@ fn press_gpio(
     seed: u64,
     stop: Arc<AtomicBool>,
     lit: Arc<Mutex<HashMap<String, u64>>>,
+    disk_full: Arc<AtomicBool>,
+    lost_while_full: Arc<AtomicU64>,
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
     while !stop.load(Ordering::Relaxed) {
@@ -201,6 +205,7 @@ fn press_gpio(
         while !stop.load(Ordering::Relaxed) {
             let (terminal, pins, led) = GPIO_TERMINALS[rng.usize(..GPIO_TERMINALS.len())];
             let pin = pins[rng.usize(..4)];
+            let full = disk_full.load(Ordering::SeqCst);
             let command = format!("edge {pin} 0\nwait 1\nedge {pin} 1\nwait 2\nedge {pin} 0\nwait 120\nedge {pin} 1\nwait 150\n");
             if stream.write_all(command.as_bytes()).is_err() {
                 break;
@@ -228,6 +233,8 @@ fn press_gpio(
                     .expect("lit")
                     .entry(terminal.to_string())
                     .or_default() += 1;
+            } else if full && !disconnected {
+                lost_while_full.fetch_add(1, Ordering::SeqCst);
             }
             if disconnected {
                 break;
@@ -285,14 +292,17 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     simulators.push(site.simulator(&site.bus_line, &bus, 1));
     let stop_gpio = Arc::new(AtomicBool::new(false));
     let lit: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let disk_full = Arc::new(AtomicBool::new(false));
+    let lost_while_full = Arc::new(AtomicU64::new(0));
     let presser = {
         let (socket, stop, lit) = (
             site.dir.path().join("gpio.sock"),
             stop_gpio.clone(),
             lit.clone(),
         );
+        let (full, lost) = (disk_full.clone(), lost_while_full.clone());
         let seed = rng.u64(..);
-        std::thread::spawn(move || press_gpio(socket, seed, stop, lit))
+        std::thread::spawn(move || press_gpio(socket, seed, stop, lit, full, lost))
     };
 
     // Faults: a cut every 2–5 s; a long black hole (an eighth of the run) every quarter; a
@@ -307,6 +317,11 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     let mut outage_ends: Option<Instant> = Some(Instant::now() + duration / 5);
     let mut sync_at = Some(Instant::now() + duration * 3 / 20);
     let mut synced_wall_ms = u64::MAX;
+    // The full disk: the presser is told 1 s before the disk fills and 1 s after it is freed, so
+    // that every press it counts as lost met a full disk and every press that met one is counted.
+    let full_from = started + duration * 11 / 20;
+    let full_until = started + duration * 13 / 20;
+    let mut full_phase = 0; // 0 before, 1 flagged, 2 full, 3 freed, 4 done
     let kills = AtomicU64::new(0);
     let mut cuts = 0u64;
     let mut outages = 1u64; // the first one, from the start
@@ -334,6 +349,24 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
         if outage_ends.is_some_and(|end| now >= end) {
             site.proxy.set_mode(Mode::Pass);
             outage_ends = None;
+        }
+        let second = Duration::from_secs(1);
+        if full_phase == 0 && now >= full_from {
+            disk_full.store(true, Ordering::SeqCst);
+            full_phase = 1;
+        } else if full_phase == 1 && now >= full_from + second {
+            site.disk.fill(0);
+            full_phase = 2;
+        } else if full_phase == 2 && now >= full_until {
+            site.disk.free();
+            full_phase = 3;
+        } else if full_phase == 3 && now >= full_until + second {
+            disk_full.store(false, Ordering::SeqCst);
+            full_phase = 4;
+        }
+        // No kill near the full disk, so that a press without its LED there met the full disk.
+        if full_phase < 4 && now + Duration::from_secs(3) >= full_from {
+            next_kill = next_kill.max(full_until + Duration::from_secs(6));
         }
         if now >= next_kill {
             let _ = gateway.kill();
@@ -447,6 +480,18 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
         .values()
         .filter(|v| v.clock_synced)
         .all(|v| !v.restamped));
+    // The presses lost to the full disk (GPIO: nobody sends them again) are exactly the ones the
+    // journal counted as dropped; serial votes were held by their terminals and all arrived.
+    assert_eq!(full_phase, 4, "the disk-full phase did not complete");
+    let dropped = final_status["journal"]["dropped"]
+        .as_u64()
+        .expect("dropped");
+    let presses_lost = lost_while_full.load(Ordering::SeqCst);
+    assert_eq!(
+        dropped, presses_lost,
+        "the journal's dropped counter vs the GPIO presses lost while the disk was full"
+    );
+    assert!(presses_lost > 0, "no press met the full disk");
     // The screen counts exactly the counted votes (all of today's, min-interval 0).
     let counted = by_seq.values().filter(|v| !v.filtered).count() as u64;
     assert_eq!(
@@ -454,10 +499,9 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
         Some(counted),
         "{tallies:#}"
     );
-    assert_eq!(final_status["journal"]["dropped"], 0);
 
     eprintln!(
-        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages, {} votes re-stamped after the clock synced; {} serial votes acknowledged, GPIO LEDs {:?}; \
+        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages, {} votes re-stamped after the clock synced, {presses_lost} GPIO presses lost to the full disk, {dropped} counted as dropped; {} serial votes acknowledged, GPIO LEDs {:?}; \
          {} votes received in {batches} batches, {} on the screen",
         duration,
         kills.load(Ordering::Relaxed),

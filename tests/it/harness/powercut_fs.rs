@@ -96,6 +96,18 @@ impl PowerCutFs {
         Ok(report)
     }
 
+    /// Fills the disk: writes that would make the files hold more than the bytes they hold now
+    /// plus `headroom` fail with ENOSPC, until [`PowerCutFs::free`].
+    pub fn fill(&self, headroom: usize) {
+        let mut state = lock(&self.state);
+        state.capacity = Some(state.used() + headroom);
+    }
+
+    /// Frees the disk again.
+    pub fn free(&self) {
+        lock(&self.state).capacity = None;
+    }
+
     /// Counters since the first mount.
     pub fn counters(&self) -> FsCounters {
         lock(&self.state).counters
@@ -150,6 +162,8 @@ struct State {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
     counters: FsCounters,
+    /// Bytes the files may hold in all; a write beyond fails with ENOSPC (a full disk).
+    capacity: Option<usize>,
 }
 
 struct Node {
@@ -184,6 +198,7 @@ impl State {
             nodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
             counters: FsCounters::default(),
+            capacity: None,
         }
     }
 
@@ -247,7 +262,34 @@ impl State {
         }
     }
 
+    /// Bytes all files hold now.
+    fn used(&self) -> usize {
+        self.nodes
+            .values()
+            .map(|node| match &node.content {
+                Content::File { data, .. } => data.len(),
+                Content::Dir { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// ENOSPC if file `ino` growing to `len` bytes would pass the capacity.
+    fn check_space(&self, ino: u64, len: usize) -> Result<(), i32> {
+        let Some(capacity) = self.capacity else {
+            return Ok(());
+        };
+        let current = match self.nodes.get(&ino).map(|n| &n.content) {
+            Some(Content::File { data, .. }) => data.len(),
+            _ => 0,
+        };
+        if len > current && self.used() + (len - current) > capacity {
+            return Err(libc::ENOSPC);
+        }
+        Ok(())
+    }
+
     fn resize(&mut self, ino: u64, len: usize) -> Result<(), i32> {
+        self.check_space(ino, len)?;
         let (data, dirty) = self.file_mut(ino)?;
         let old = data.len();
         data.resize(len, 0);
@@ -258,6 +300,7 @@ impl State {
 
     fn write(&mut self, ino: u64, offset: usize, bytes: &[u8]) -> Result<(), i32> {
         self.counters.writes += 1;
+        self.check_space(ino, offset + bytes.len())?;
         let (data, dirty) = self.file_mut(ino)?;
         let end = offset + bytes.len();
         if end > data.len() {
