@@ -70,7 +70,8 @@ fn acknowledged_votes_survive_sigkill_at_random_moments() {
         "{KILLS} kills: {} votes acknowledged, {} retransmissions deduplicated",
         totals.0, totals.1
     );
-    assert!(totals.0 > KILLS * 10, "the appender barely ran: {totals:?}");
+    // A floor that shows the test tested something, low enough for a loaded machine.
+    assert!(totals.0 > KILLS * 4, "the appender barely ran: {totals:?}");
     assert!(totals.1 > 0, "no retransmission was tested");
 }
 
