@@ -27,8 +27,6 @@ use harness::mosquitto::Mosquitto;
 use harness::pki::Pki;
 use harness::proxy::{FaultProxy, Mode};
 use harness::RunningChild;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use votegate::uplink::payload::WireVote;
 
 /// What one side measured.
 struct Side {
@@ -166,20 +164,6 @@ fn votegate_side(
     }
 }
 
-fn start_bridge(conf: &Path) -> RunningChild {
-    let local = RunningChild::new(
-        Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(conf)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    local
-}
-
 fn bridge_side(
     dir: &Path,
     pki: &Pki,
@@ -189,84 +173,20 @@ fn bridge_side(
     counted: &AtomicU64,
 ) -> Side {
     let proxy = FaultProxy::start(broker);
-    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let local_dir = dir.join("bridge");
-    std::fs::create_dir_all(&local_dir).unwrap();
-    let conf = local_dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nmax_queued_messages 0\n\
-             log_dest file {dir}/mosquitto.log\nlistener {local_port} 127.0.0.1\n\
-             connection to-cloud\naddress 127.0.0.1:{proxy_port}\nbridge_cafile {ca}\nbridge_certfile {cert}\n\
-             bridge_keyfile {key}\ncleansession false\nrestart_timeout 1\ntopic bridge/# out 1\n",
-            dir = local_dir.display(),
-            proxy_port = proxy.addr.port(),
-            ca = pki.ca.display(),
-            cert = pki.gateway_cert.display(),
-            key = pki.gateway_key.display(),
-        ),
-    )
-    .unwrap();
-    let local = start_bridge(&conf);
+    let (conf, local_port) = common::write_bridge_config(&dir.join("bridge"), proxy.addr, pki);
+    let local = common::start_bridge(&conf);
     std::thread::sleep(Duration::from_secs(2));
     let (idle_cpu_s_per_min, idle_rss_mib) = idle(local.pid(), idle_window);
 
     proxy.set_mode(Mode::BlackHole);
     proxy.cut();
     let written_before = common::write_bytes(local.pid());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut options = MqttOptions::new("compare-feeder", "127.0.0.1", local_port);
-        options
-            .set_inflight(100)
-            .set_keep_alive(Duration::from_secs(60));
-        let (client, mut eventloop) = AsyncClient::new(options, 1000);
-        let feeder = tokio::spawn(async move {
-            let now = votegate::clock::FakeClock::new(1_795_000_000_000);
-            let reading = votegate::clock::Clock::now(&now);
-            for seq in 1..=votes {
-                let press = votegate::model::Press {
-                    terminal: votegate::model::TerminalId::new("entrance").unwrap(),
-                    button: votegate::model::Button::Happy,
-                    term_seq: Some(seq),
-                    at: reading.press_time(0),
-                    filtered: false,
-                };
-                let vote =
-                    WireVote::from_vote(&votegate::model::Vote::accept(seq, press), &reading);
-                client
-                    .publish(
-                        format!("bridge/gw-compare/{}", seq % 16),
-                        QoS::AtLeastOnce,
-                        false,
-                        postcard::to_stdvec(&vote).unwrap(),
-                    )
-                    .await
-                    .unwrap();
-            }
-            client
-        });
-        let mut acked = 0;
-        while acked < votes {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                acked += 1;
-            }
-        }
-        drop(feeder.await.unwrap());
-    });
+    common::feed_bridge(local_port, "gw-compare", 100, votes);
     let written = common::write_bytes(local.pid()) - written_before;
     let buffered_rss_mib = common::rss_now(local.pid());
 
     let _ = local.kill();
-    let local = start_bridge(&conf);
+    let local = common::start_bridge(&conf);
     proxy.set_mode(Mode::Pass);
     let delivered_after_kill = settle(counted, votes, Duration::from_secs(60));
     let _ = local.kill();

@@ -21,35 +21,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{subscribe, usage, wait_until};
+use common::{presses, subscribe, usage, wait_until};
 use harness::mosquitto::Mosquitto;
 use harness::pki::Pki;
 use harness::proxy::{FaultProxy, Mode};
 use harness::RunningChild;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use votegate::journal::{Journal, Limits};
-use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
+use votegate::model::Press;
 use votegate::uplink::payload::{PayloadFormat, WireVote};
-
-fn wire_votes(count: u64) -> impl Iterator<Item = Press> {
-    let terminal = TerminalId::new("entrance").unwrap();
-    (1..=count).map(move |n| Press {
-        terminal: terminal.clone(),
-        button: Button::ALL[(n % 4) as usize],
-        term_seq: Some(n),
-        at: PressTime {
-            ts_ms: 1_795_000_000_000 + n,
-            clock_synced: true,
-            boot_id: BootId([1; 16]),
-            mono_ms: n,
-        },
-        filtered: false,
-    })
-}
 
 /// A vote like the ones drained, to report its encoded size.
 fn presses_sample(count: u64) -> WireVote {
-    let press = wire_votes(count).last().expect("votes");
+    let press = presses(count).last().expect("votes");
     let reading = votegate::clock::Clock::now(&votegate::clock::FakeClock::new(1_795_000_000_000));
     WireVote::from_vote(&votegate::model::Vote::accept(count, press), &reading)
 }
@@ -82,8 +65,8 @@ fn main() {
         },
     )
     .unwrap();
-    let presses: Vec<Press> = wire_votes(votes).collect();
-    for chunk in presses.chunks(512) {
+    let backlog: Vec<Press> = presses(votes).collect();
+    for chunk in backlog.chunks(512) {
         journal.append(chunk.to_vec()).unwrap();
     }
     drop(journal);
@@ -133,76 +116,11 @@ fn main() {
     // its link to the broker is stalled; then the link opens.
     let proxy = FaultProxy::start(broker.addr);
     proxy.set_mode(Mode::Stall);
-    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let local_dir = dir.path().join("local");
-    std::fs::create_dir_all(&local_dir).unwrap();
-    std::fs::write(
-        local_dir.join("mosquitto.conf"),
-        format!(
-            "user root\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nmax_queued_messages 0\n\
-             log_dest file {dir}/mosquitto.log\nlistener {local_port} 127.0.0.1\n\
-             connection to-cloud\naddress 127.0.0.1:{proxy_port}\nbridge_cafile {ca}\nbridge_certfile {cert}\n\
-             bridge_keyfile {key}\ncleansession false\nrestart_timeout 1\ntopic bridge/# out 1\n",
-            dir = local_dir.display(),
-            proxy_port = proxy.addr.port(),
-            ca = pki.ca.display(),
-            cert = pki.gateway_cert.display(),
-            key = pki.gateway_key.display(),
-        ),
-    )
-    .unwrap();
-    let local = RunningChild::new(
-        Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(local_dir.join("mosquitto.conf"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let (conf, local_port) =
+        common::write_bridge_config(&dir.path().join("local"), proxy.addr, &pki);
+    let local = common::start_bridge(&conf);
     eprintln!("uplink_drain: feeding the local broker");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut options = MqttOptions::new("bench-feeder", "127.0.0.1", local_port);
-        options
-            .set_inflight(200)
-            .set_keep_alive(Duration::from_secs(60));
-        let (client, mut eventloop) = AsyncClient::new(options, 1000);
-        let feeder = tokio::spawn(async move {
-            let now = votegate::clock::FakeClock::new(1_795_000_000_000);
-            let reading = votegate::clock::Clock::now(&now);
-            for press in wire_votes(votes) {
-                let seq = press.term_seq.unwrap();
-                let vote =
-                    WireVote::from_vote(&votegate::model::Vote::accept(seq, press), &reading);
-                client
-                    .publish(
-                        format!("bridge/gw-bench/{}", seq % 16),
-                        QoS::AtLeastOnce,
-                        false,
-                        postcard::to_stdvec(&vote).unwrap(),
-                    )
-                    .await
-                    .unwrap();
-            }
-            client
-        });
-        let mut acked = 0;
-        while acked < votes {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                acked += 1;
-            }
-        }
-        drop(feeder.await.unwrap());
-    });
+    common::feed_bridge(local_port, "gw-bench", 200, votes);
     eprintln!("uplink_drain: bridge draining");
     let bridge_buffered_rss = common::rss_now(local.pid());
     eprintln!("uplink_drain: the bridge holds {votes} votes in {bridge_buffered_rss} MiB RSS");

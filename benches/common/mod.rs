@@ -1,15 +1,22 @@
 //! Helpers shared by the benchmarks that talk to a Mosquitto over mutual TLS (uplink_drain,
-//! site_compare): process usage from /proc, the subscriber that counts distinct votes.
+//! site_compare): process usage from /proc, the subscriber that counts distinct votes, the
+//! votes both sides carry, and the Mosquitto bridge they are compared with.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use votegate::clock::FakeClock;
+use votegate::model::{BootId, Button, Press, PressTime, TerminalId, Vote};
 use votegate::uplink::payload::{self, WireVote};
 
 use crate::harness::pki::Pki;
+use crate::harness::RunningChild;
 
 /// A process's current resident set, in MiB.
 pub fn rss_now(pid: u32) -> u64 {
@@ -144,4 +151,107 @@ pub fn wait_until(counted: &AtomicU64, want: u64, limit: Duration) -> Duration {
         std::thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()
+}
+
+/// `count` presses of one terminal ("entrance"), buttons in turn, term_seq 1…count.
+pub fn presses(count: u64) -> impl Iterator<Item = Press> {
+    let terminal = TerminalId::new("entrance").unwrap();
+    (1..=count).map(move |n| Press {
+        terminal: terminal.clone(),
+        button: Button::ALL[(n % 4) as usize],
+        term_seq: Some(n),
+        at: PressTime {
+            ts_ms: 1_795_000_000_000 + n,
+            clock_synced: true,
+            boot_id: BootId([1; 16]),
+            mono_ms: n,
+        },
+        filtered: false,
+    })
+}
+
+/// A local Mosquitto with persistence, listening on a free port and bridged over mutual TLS
+/// (gateway certificate) to `upstream` with QoS 1 for `bridge/#`: the site-side alternative to
+/// votegate. Returns the config file and the local port.
+pub fn write_bridge_config(dir: &Path, upstream: SocketAddr, pki: &Pki) -> (PathBuf, u16) {
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nmax_queued_messages 0\n\
+             log_dest file {dir}/mosquitto.log\nlistener {local_port} 127.0.0.1\n\
+             connection to-cloud\naddress 127.0.0.1:{upstream_port}\nbridge_cafile {ca}\nbridge_certfile {cert}\n\
+             bridge_keyfile {key}\ncleansession false\nrestart_timeout 1\ntopic bridge/# out 1\n",
+            dir = dir.display(),
+            upstream_port = upstream.port(),
+            ca = pki.ca.display(),
+            cert = pki.gateway_cert.display(),
+            key = pki.gateway_key.display(),
+        ),
+    )
+    .unwrap();
+    (conf, local_port)
+}
+
+/// Starts the bridge's Mosquitto and gives it half a second to listen.
+pub fn start_bridge(conf: &Path) -> RunningChild {
+    let local = RunningChild::new(
+        Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    local
+}
+
+/// Publishes `presses(votes)` to the bridge at `local_port`, each as one QoS 1 message
+/// (`bridge/{gateway}/{seq % 16}`, a postcard `WireVote`), `inflight` at a time, and returns once
+/// every one is acknowledged by a PubAck.
+pub fn feed_bridge(local_port: u16, gateway: &str, inflight: u16, votes: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = format!("bridge/{gateway}");
+    runtime.block_on(async move {
+        let mut options = MqttOptions::new(format!("{gateway}-feeder"), "127.0.0.1", local_port);
+        options
+            .set_inflight(inflight)
+            .set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let feeder = tokio::spawn(async move {
+            let reading = votegate::clock::Clock::now(&FakeClock::new(1_795_000_000_000));
+            for press in presses(votes) {
+                let seq = press.term_seq.unwrap();
+                let vote = WireVote::from_vote(&Vote::accept(seq, press), &reading);
+                client
+                    .publish(
+                        format!("{topic}/{}", seq % 16),
+                        QoS::AtLeastOnce,
+                        false,
+                        postcard::to_stdvec(&vote).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < votes {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+        drop(feeder.await.unwrap());
+    });
 }
