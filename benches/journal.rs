@@ -14,22 +14,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use votegate::journal::{self, Journal, Limits, WhenFull};
-use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
+use votegate::model::{Press, TerminalId};
+use votes::press;
 
-fn press(terminal: &TerminalId, n: u64) -> Press {
-    Press {
-        terminal: terminal.clone(),
-        button: Button::ALL[(n % 4) as usize],
-        term_seq: Some(n),
-        at: PressTime {
-            ts_ms: 1_795_000_000_000 + n,
-            clock_synced: true,
-            boot_id: BootId([1; 16]),
-            mono_ms: n,
-        },
-        filtered: false,
-    }
-}
+#[allow(dead_code)] // this bench needs only `press`
+#[path = "../tests/it/harness/votes.rs"]
+mod votes;
 
 /// (write_bytes, wchar) of this process from /proc/self/io.
 fn io_counters() -> (u64, u64) {

@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{presses, subscribe, usage, wait_until};
+use common::{subscribe, usage, wait_until};
 use harness::mosquitto::Mosquitto;
 use harness::pki::Pki;
 use harness::proxy::{FaultProxy, Mode};
+use harness::votes::presses;
 use harness::RunningChild;
 use votegate::journal::{Journal, Limits};
 use votegate::model::Press;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use votegate::clock::FakeClock;
-use votegate::model::{BootId, Button, Press, PressTime, TerminalId, Vote};
+use votegate::model::Vote;
 use votegate::uplink::payload::{self, WireVote};
 
 use crate::harness::pki::Pki;
+use crate::harness::votes::presses;
 use crate::harness::RunningChild;
 
 /// A process's current resident set, in MiB.
@@ -151,23 +152,6 @@ pub fn wait_until(counted: &AtomicU64, want: u64, limit: Duration) -> Duration {
         std::thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()
-}
-
-/// `count` presses of one terminal ("entrance"), buttons in turn, term_seq 1…count.
-pub fn presses(count: u64) -> impl Iterator<Item = Press> {
-    let terminal = TerminalId::new("entrance").unwrap();
-    (1..=count).map(move |n| Press {
-        terminal: terminal.clone(),
-        button: Button::ALL[(n % 4) as usize],
-        term_seq: Some(n),
-        at: PressTime {
-            ts_ms: 1_795_000_000_000 + n,
-            clock_synced: true,
-            boot_id: BootId([1; 16]),
-            mono_ms: n,
-        },
-        filtered: false,
-    })
 }
 
 /// A local Mosquitto with persistence, listening on a free port and bridged over mutual TLS

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use votegate::journal::{Journal, Limits};
-use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
+use votegate::model::Press;
 use votegate::uplink::payload::WireVote;
 
 use crate::display::start_gateway;
@@ -20,6 +20,7 @@ use crate::harness::pki::Pki;
 use crate::harness::proxy::{FaultProxy, Mode};
 use crate::harness::pty::Line;
 use crate::harness::subscriber::Subscriber;
+use crate::harness::votes;
 use crate::harness::{votegate_command, write_file, RunningChild};
 
 /// Broker, proxy and subscriber.
@@ -105,21 +106,7 @@ telemetry-interval = "2s"
     /// Puts `count` votes in the journal before the gateway starts (an outage's backlog).
     fn prefill(&self, count: u64) {
         let mut journal = Journal::open(&self.data_dir(), Limits::default()).expect("journal");
-        let terminal = TerminalId::new("entrance").expect("id");
-        let presses: Vec<Press> = (1..=count)
-            .map(|n| Press {
-                terminal: terminal.clone(),
-                button: Button::ALL[(n % 4) as usize],
-                term_seq: Some(n),
-                at: PressTime {
-                    ts_ms: 1_795_000_000_000 + n,
-                    clock_synced: true,
-                    boot_id: BootId([1; 16]),
-                    mono_ms: n,
-                },
-                filtered: false,
-            })
-            .collect();
+        let presses: Vec<Press> = votes::presses(count).collect();
         journal.append(presses).expect("append");
     }
 

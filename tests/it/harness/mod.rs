@@ -9,6 +9,7 @@ pub mod powercut_fs;
 pub mod proxy;
 pub mod pty;
 pub mod subscriber;
+pub mod votes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
