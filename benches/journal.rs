@@ -4,6 +4,10 @@
 //!     cargo bench --bench journal                 # full run (1,000,000-vote backlog)
 //!     VOTEGATE_BENCH_VOTES=100000 cargo bench --bench journal
 //!     VOTEGATE_BENCH_DIR=/mnt/sdcard cargo bench --bench journal   # measure another disk
+//!     VOTEGATE_BENCH_TERMINALS=10 VOTEGATE_BENCH_BOUNDS=16,64,256 cargo bench --bench journal
+//!                                  # only the folder size at those bounds, with 10 terminals
+//!     VOTEGATE_BENCH_TERMINALS=10 VOTEGATE_BENCH_STEADY=5 cargo bench --bench journal
+//!                                  # only the folder size over 5 days with nothing buffered
 //!
 //! Appends go through the journal thread (group commit) exactly as in the daemon; every append
 //! is flushed and fsynced before it returns.
@@ -174,8 +178,10 @@ fn backlog(votes: u64) {
     );
 }
 
-/// A journal bounded at `bound` receiving 3× what fits: files must stay below the bound.
-fn bounded(bound: u64) {
+/// A journal bounded at `bound` receiving 3× what fits from `terminals` terminals in turn, each
+/// pressed about 4 times a minute (so that, once past 3 days of votes, every terminal has its
+/// full duplicate window and minute counts): the files must stay below the bound.
+fn bounded(bound: u64, terminals: u64) {
     let dir = bench_dir();
     let limits = Limits {
         max_disk_bytes: bound,
@@ -183,30 +189,80 @@ fn bounded(bound: u64) {
         cache_bytes: Limits::default().cache_bytes,
     };
     let mut journal = Journal::open(dir.path(), limits).expect("open");
-    let terminal = TerminalId::new("entrance-terminal").expect("id");
+    let ids: Vec<TerminalId> = (0..terminals)
+        .map(|t| TerminalId::new(&format!("checkout-lane-{t:02}")).expect("id"))
+        .collect();
     let per_vote = journal::record::vote_cost(
-        journal::record::encode_vote(&votegate::model::Vote::accept(1, press(&terminal, 1))).len(),
+        journal::record::encode_vote(&votegate::model::Vote::accept(1, press(&ids[0], 1))).len(),
     );
     let total = 3 * bound / per_vote;
+    let votes_per_minute = 4 * terminals;
+    let site_press = |n: u64| {
+        let mut press = press(&ids[(n % terminals) as usize], n / terminals + 1);
+        press.at.ts_ms = 1_795_000_000_000 + n * 60_000 / votes_per_minute;
+        press
+    };
     let mut n = 0;
     let mut largest = 0;
     while n < total {
-        let group: Vec<Press> = (n..(n + 512).min(total))
-            .map(|i| press(&terminal, i))
-            .collect();
+        let group: Vec<Press> = (n..(n + 512).min(total)).map(site_press).collect();
         n += group.len() as u64;
         journal.append(group).expect("append");
         largest = largest.max(dir_bytes(dir.path()));
     }
     let stats = journal.stats();
+    let estimate = journal::folder_estimate(bound, terminals as usize);
     println!(
-        "| bound {} MiB, {total} votes appended | largest on disk {:.1} MiB ({:.0}% of the bound) | {} buffered, {} dropped |",
+        "| bound {} MiB, {terminals} terminals, {total} votes appended ({:.1} days) | largest on disk {:.1} MiB ({:.0}% of the bound; `check` plans for {:.1} MiB) | {} buffered, {} dropped |",
         bound >> 20,
+        (total / votes_per_minute) as f64 / (24.0 * 60.0),
         largest as f64 / (1 << 20) as f64,
         largest as f64 * 100.0 / bound as f64,
+        estimate as f64 / (1 << 20) as f64,
         stats.depth,
         stats.dropped
     );
+    assert!(
+        largest <= estimate,
+        "the folder outgrew journal::folder_estimate, which `votegate check` plans with"
+    );
+}
+
+/// A site with a working uplink: `terminals` terminals pressed about 4 times a minute each, every
+/// group acknowledged right after it is stored (nothing stays buffered), for `days` of votes.
+/// Prints the files' size each simulated day: what sled keeps besides the votes.
+fn steady(terminals: u64, days: u64) {
+    let dir = bench_dir();
+    let mut journal = Journal::open(dir.path(), Limits::default()).expect("open");
+    let ids: Vec<TerminalId> = (0..terminals)
+        .map(|t| TerminalId::new(&format!("checkout-lane-{t:02}")).expect("id"))
+        .collect();
+    let votes_per_minute = 4 * terminals;
+    let per_day = votes_per_minute * 24 * 60;
+    let site_press = |n: u64| {
+        let mut press = press(&ids[(n % terminals) as usize], n / terminals + 1);
+        press.at.ts_ms = 1_795_000_000_000 + n * 60_000 / votes_per_minute;
+        press
+    };
+    let mut n = 0;
+    let mut largest = 0;
+    for day in 1..=days {
+        while n < day * per_day {
+            let group: Vec<Press> = (n..n + 8).map(site_press).collect();
+            n += group.len() as u64;
+            journal.append(group).expect("append");
+            let last = journal.stats().next_seq - 1;
+            journal.ack_through(last).expect("ack");
+            largest = largest.max(dir_bytes(dir.path()));
+        }
+        journal.sync().expect("sync");
+        println!(
+            "| steady, {terminals} terminals, day {day} ({n} votes, {} buffered) | on disk {:.1} MiB, largest {:.1} MiB |",
+            journal.stats().depth,
+            dir_bytes(dir.path()) as f64 / (1 << 20) as f64,
+            largest as f64 / (1 << 20) as f64,
+        );
+    }
 }
 
 fn main() {
@@ -217,10 +273,42 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20_000 } else { 1_000_000 });
     let appends = if quick { 200 } else { 4_000 };
+    // VOTEGATE_BENCH_STEADY=DAYS: only the steady-state rows (VOTEGATE_BENCH_TERMINALS terminals).
+    if let Ok(days) = std::env::var("VOTEGATE_BENCH_STEADY") {
+        let terminals = std::env::var("VOTEGATE_BENCH_TERMINALS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        steady(terminals, days.parse().unwrap_or(5));
+        return;
+    }
+    // VOTEGATE_BENCH_BOUNDS=1,4,16 (MiB): only the bound rows, for those bounds, with
+    // VOTEGATE_BENCH_TERMINALS terminals (1 unless given).
+    if let Ok(bounds) = std::env::var("VOTEGATE_BENCH_BOUNDS") {
+        let terminals = std::env::var("VOTEGATE_BENCH_TERMINALS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        for mib in bounds
+            .split(',')
+            .filter_map(|b| b.trim().parse::<u64>().ok())
+        {
+            bounded(mib << 20, terminals);
+        }
+        return;
+    }
     println!("| journal benchmark | | | | |");
     println!("| --- | --- | --- | --- | --- |");
     append_throughput(1, appends);
     append_throughput(8, appends / 8);
     backlog(votes);
-    bounded(if quick { 4 << 20 } else { 64 << 20 });
+    if quick {
+        bounded(4 << 20, 1);
+        bounded(4 << 20, 3);
+        steady(3, 1);
+    } else {
+        bounded(64 << 20, 1);
+        bounded(64 << 20, 10);
+        steady(10, 4);
+    }
 }

@@ -218,23 +218,31 @@ fn data_dir_probe(config: &Config) -> Probe {
     }
     let used = journal_bytes(dir);
     let bound = config.journal.max_disk_bytes;
+    let terminals = config.terminals.len();
+    let reach = crate::journal::folder_estimate(bound, terminals);
+    let terminals = match terminals {
+        1 => "1 terminal".to_string(),
+        n => format!("{n} terminals"),
+    };
     match free_bytes(dir) {
-        Ok(free) if free + used < bound => Probe::fail(
+        Ok(free) if free + used < reach => Probe::fail(
             "data-dir",
             format!(
-                "{}: only {} free, but the journal may grow to {} (journal.max-disk-size); free space or lower the bound",
+                "{}: only {} free, but the journal's folder may grow to {} (max-disk-size {} and {terminals}, see README § The journal); free space or lower journal.max-disk-size",
                 dir.display(),
                 format_size(free),
+                format_size(reach),
                 format_size(bound)
             ),
         ),
         Ok(free) => Probe::pass(
             "data-dir",
             format!(
-                "{}: writable, {} free, journal uses {} of its {} bound",
+                "{}: writable, {} free, journal uses {} and may grow to {} (max-disk-size {}, {terminals})",
                 dir.display(),
                 format_size(free),
                 format_size(used),
+                format_size(reach),
                 format_size(bound)
             ),
         ),

@@ -62,6 +62,19 @@ pub type MinuteTallies = (Vec<(u32, TerminalId, MinuteTally)>, Seq);
 /// The smallest `max-disk-size` accepted: a group of appends must always fit.
 pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
 
+/// How large the journal's folder can grow: `max-disk-size` bounds what the buffered votes are
+/// charged, but sled 0.34 keeps garbage besides them. It cleans a segment only from its
+/// periodic flusher, which the journal turns off (see `store.rs`), so segments that still hold
+/// a live page (a terminal's duplicate window, the minute counts) are never rewritten. Measured
+/// by `benches/journal.rs` (BENCHMARKS.md § Disk use), with terminals pressed four times a
+/// minute around the clock: with the votes at the bound, the folder reached 1.03–1.08× the bound
+/// with 1 terminal and 1.5× with 10, plus up to 40 MiB for the terminals' own records and 8 MiB
+/// of sled's own. This estimate covers every measured case.
+pub fn folder_estimate(max_disk_bytes: u64, terminals: usize) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    max_disk_bytes / 5 * 8 + 4 * MIB * terminals as u64 + 8 * MIB
+}
+
 /// At most this many deletes go into one atomic batch when acknowledging (see
 /// [`store::MAX_BATCH_OPS`]).
 const ACK_CHUNK: usize = store::MAX_BATCH_OPS - 1;

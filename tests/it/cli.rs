@@ -140,7 +140,9 @@ fn check_reports_a_line_per_part_and_fails_only_on_what_is_wrong() {
         "{report}"
     );
     assert!(
-        lines[1].starts_with("ok    data-dir   ") && lines[1].contains("writable"),
+        lines[1].starts_with("ok    data-dir   ")
+            && lines[1].contains("writable")
+            && lines[1].contains("may grow to 425.6 MiB (max-disk-size 256 MiB, 2 terminals)"),
         "{report}"
     );
     // The clock line follows the kernel's own answer on this machine.
@@ -164,6 +166,38 @@ fn check_reports_a_line_per_part_and_fails_only_on_what_is_wrong() {
         0,
         "probe file left behind"
     );
+}
+
+/// Bytes free for an unprivileged user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+    stat.f_bavail as u64 * stat.f_frsize as u64
+}
+
+#[test]
+fn check_fails_when_the_journal_could_outgrow_the_free_space() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("journal");
+    // A bound the disk holds, but not the folder sled may grow to around it.
+    let bound = free_bytes(dir.path()) * 9 / 10;
+    let text = format!(
+        "{}\n[journal]\nmax-disk-size = {bound}\n",
+        config_text(&data_dir)
+    );
+    let config = write_file(dir.path(), "votegate.toml", &text);
+    let output = votegate(&["check", "--config", config.to_str().expect("utf-8")]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    let line = report.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.starts_with("FAIL  data-dir   ")
+            && line.contains("but the journal's folder may grow to")
+            && line.contains("and 2 terminals"),
+        "{report}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{report}");
 }
 
 #[test]
