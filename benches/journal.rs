@@ -178,6 +178,31 @@ fn backlog(votes: u64) {
     );
 }
 
+/// A site's presses: its terminals in turn, each pressed about 4 times a minute around the clock.
+struct Site {
+    terminals: Vec<TerminalId>,
+    votes_per_minute: u64,
+}
+
+impl Site {
+    fn new(terminals: u64) -> Site {
+        Site {
+            terminals: (0..terminals)
+                .map(|t| TerminalId::new(&format!("checkout-lane-{t:02}")).expect("id"))
+                .collect(),
+            votes_per_minute: 4 * terminals,
+        }
+    }
+
+    /// The site's `n`th press (from 0), with its terminal's own term_seq.
+    fn press(&self, n: u64) -> Press {
+        let count = self.terminals.len() as u64;
+        let mut press = press(&self.terminals[(n % count) as usize], n / count + 1);
+        press.at.ts_ms = 1_795_000_000_000 + n * 60_000 / self.votes_per_minute;
+        press
+    }
+}
+
 /// A journal bounded at `bound` receiving 3× what fits from `terminals` terminals in turn, each
 /// pressed about 4 times a minute (so that, once past 3 days of votes, every terminal has its
 /// full duplicate window and minute counts): the files must stay below the bound.
@@ -189,23 +214,15 @@ fn bounded(bound: u64, terminals: u64) {
         cache_bytes: Limits::default().cache_bytes,
     };
     let mut journal = Journal::open(dir.path(), limits).expect("open");
-    let ids: Vec<TerminalId> = (0..terminals)
-        .map(|t| TerminalId::new(&format!("checkout-lane-{t:02}")).expect("id"))
-        .collect();
+    let site = Site::new(terminals);
     let per_vote = journal::record::vote_cost(
-        journal::record::encode_vote(&votegate::model::Vote::accept(1, press(&ids[0], 1))).len(),
+        journal::record::encode_vote(&votegate::model::Vote::accept(1, site.press(0))).len(),
     );
     let total = 3 * bound / per_vote;
-    let votes_per_minute = 4 * terminals;
-    let site_press = |n: u64| {
-        let mut press = press(&ids[(n % terminals) as usize], n / terminals + 1);
-        press.at.ts_ms = 1_795_000_000_000 + n * 60_000 / votes_per_minute;
-        press
-    };
     let mut n = 0;
     let mut largest = 0;
     while n < total {
-        let group: Vec<Press> = (n..(n + 512).min(total)).map(site_press).collect();
+        let group: Vec<Press> = (n..(n + 512).min(total)).map(|n| site.press(n)).collect();
         n += group.len() as u64;
         journal.append(group).expect("append");
         largest = largest.max(dir_bytes(dir.path()));
@@ -215,7 +232,7 @@ fn bounded(bound: u64, terminals: u64) {
     println!(
         "| bound {} MiB, {terminals} terminals, {total} votes appended ({:.1} days) | largest on disk {:.1} MiB ({:.0}% of the bound; `check` plans for {:.1} MiB) | {} buffered, {} dropped |",
         bound >> 20,
-        (total / votes_per_minute) as f64 / (24.0 * 60.0),
+        (total / site.votes_per_minute) as f64 / (24.0 * 60.0),
         largest as f64 / (1 << 20) as f64,
         largest as f64 * 100.0 / bound as f64,
         estimate as f64 / (1 << 20) as f64,
@@ -234,21 +251,13 @@ fn bounded(bound: u64, terminals: u64) {
 fn steady(terminals: u64, days: u64) {
     let dir = bench_dir();
     let mut journal = Journal::open(dir.path(), Limits::default()).expect("open");
-    let ids: Vec<TerminalId> = (0..terminals)
-        .map(|t| TerminalId::new(&format!("checkout-lane-{t:02}")).expect("id"))
-        .collect();
-    let votes_per_minute = 4 * terminals;
-    let per_day = votes_per_minute * 24 * 60;
-    let site_press = |n: u64| {
-        let mut press = press(&ids[(n % terminals) as usize], n / terminals + 1);
-        press.at.ts_ms = 1_795_000_000_000 + n * 60_000 / votes_per_minute;
-        press
-    };
+    let site = Site::new(terminals);
+    let per_day = site.votes_per_minute * 24 * 60;
     let mut n = 0;
     let mut largest = 0;
     for day in 1..=days {
         while n < day * per_day {
-            let group: Vec<Press> = (n..n + 8).map(site_press).collect();
+            let group: Vec<Press> = (n..n + 8).map(|n| site.press(n)).collect();
             n += group.len() as u64;
             journal.append(group).expect("append");
             let last = journal.stats().next_seq - 1;
