@@ -6,8 +6,8 @@
 //! power-cut filesystem of the journal tests (FUSE: it forgets every write not made durable).
 //! While the terminals press, the broker connection is cut every few seconds and black-holed for
 //! long stretches, and the gateway is killed with SIGKILL at random moments and restarted; every
-//! third kill is a power cut (unsynced pages lost) before the restart. From 55 % to 65 % of the
-//! run the journal's disk is full: serial votes go unacknowledged and are sent again, GPIO presses
+//! third kill is a power cut (unsynced pages lost) before the restart. From 55 % of the run to 65 %
+//! (longer, up to 85 %, until a press has met it) the journal's disk is full: serial votes go unacknowledged and are sent again, GPIO presses
 //! are lost, and the journal must count exactly those in its `dropped` counter. The gateway starts with an
 //! unsynchronised clock 10 minutes slow, in an outage; its clock syncs (through the clock
 //! override seam, `VOTEGATE_CLOCK_OVERRIDE`) before the outage ends, so the votes pressed
@@ -319,8 +319,13 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     let mut synced_wall_ms = u64::MAX;
     // The full disk: the presser is told 1 s before the disk fills and 1 s after it is freed, so
     // that every press it counts as lost met a full disk and every press that met one is counted.
+    // Only growing a file fails (as on a real disk, overwriting allocated blocks still works), and
+    // sled grows its file only once its free segments are used up: the disk stays full past 65 %
+    // of the run until a press has met it, at the latest until 85 %.
     let full_from = started + duration * 11 / 20;
-    let full_until = started + duration * 13 / 20;
+    let mut full_until = started + duration * 13 / 20;
+    let full_deadline = started + duration * 17 / 20;
+    let (mut filled_at, mut full_secs) = (started, 0.0);
     let mut full_phase = 0; // 0 before, 1 flagged, 2 full, 3 freed, 4 done
     let kills = AtomicU64::new(0);
     let mut cuts = 0u64;
@@ -356,9 +361,15 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
             full_phase = 1;
         } else if full_phase == 1 && now >= full_from + second {
             site.disk.fill(0);
+            filled_at = now;
             full_phase = 2;
-        } else if full_phase == 2 && now >= full_until {
+        } else if full_phase == 2
+            && now >= full_until
+            && (lost_while_full.load(Ordering::SeqCst) > 0 || now >= full_deadline)
+        {
             site.disk.free();
+            full_secs = now.duration_since(filled_at).as_secs_f64();
+            full_until = now;
             full_phase = 3;
         } else if full_phase == 3 && now >= full_until + second {
             disk_full.store(false, Ordering::SeqCst);
@@ -366,7 +377,12 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
         }
         // No kill near the full disk, so that a press without its LED there met the full disk.
         if full_phase < 4 && now + Duration::from_secs(3) >= full_from {
-            next_kill = next_kill.max(full_until + Duration::from_secs(6));
+            let freed = if full_phase <= 2 {
+                full_until.max(now)
+            } else {
+                full_until
+            };
+            next_kill = next_kill.max(freed + Duration::from_secs(6));
         }
         if now >= next_kill {
             let _ = gateway.kill();
@@ -501,7 +517,7 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     );
 
     eprintln!(
-        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages, {} votes re-stamped after the clock synced, {presses_lost} GPIO presses lost to the full disk, {dropped} counted as dropped; {} serial votes acknowledged, GPIO LEDs {:?}; \
+        "soak {:?}: {} kills ({power_cuts} of them power cuts, {pages_lost} unsynced pages lost), {cuts} cuts, {outages} outages, {} votes re-stamped after the clock synced, the disk full for {full_secs:.0} s, {presses_lost} GPIO presses lost there, {dropped} counted as dropped; {} serial votes acknowledged, GPIO LEDs {:?}; \
          {} votes received in {batches} batches, {} on the screen",
         duration,
         kills.load(Ordering::Relaxed),
