@@ -220,7 +220,7 @@ fn data_dir_probe(config: &Config) -> Probe {
     let bound = config.journal.max_disk_bytes;
     let terminals = config.terminals.len();
     let reach = crate::journal::folder_estimate(bound, terminals);
-    let terminals = match terminals {
+    let terminals_text = match terminals {
         1 => "1 terminal".to_string(),
         n => format!("{n} terminals"),
     };
@@ -228,7 +228,7 @@ fn data_dir_probe(config: &Config) -> Probe {
         Ok(free) if free + used < reach => Probe::fail(
             "data-dir",
             format!(
-                "{}: only {} free, but the journal's folder may grow to {} (max-disk-size {} and {terminals}, see README § The journal); free space or lower journal.max-disk-size",
+                "{}: only {} free, but the journal's folder may grow to {} (max-disk-size {} and {terminals_text}, see README § The journal); free space or lower journal.max-disk-size",
                 dir.display(),
                 format_size(free),
                 format_size(reach),
@@ -238,7 +238,7 @@ fn data_dir_probe(config: &Config) -> Probe {
         Ok(free) => Probe::pass(
             "data-dir",
             format!(
-                "{}: writable, {} free, journal uses {} and may grow to {} (max-disk-size {}, {terminals})",
+                "{}: writable, {} free, journal uses {} and may grow to {} (max-disk-size {}, {terminals_text})",
                 dir.display(),
                 format_size(free),
                 format_size(used),

@@ -66,10 +66,10 @@ pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
 /// charged, but sled 0.34 keeps garbage besides them. It cleans a segment only from its
 /// periodic flusher, which the journal turns off (see `store.rs`), so segments that still hold
 /// a live page (a terminal's duplicate window, the minute counts) are never rewritten. Measured
-/// by `benches/journal.rs` (BENCHMARKS.md § Disk use), with terminals pressed four times a
-/// minute around the clock: with the votes at the bound, the folder reached 1.03–1.08× the bound
-/// with 1 terminal and 1.5× with 10, plus up to 40 MiB for the terminals' own records and 8 MiB
-/// of sled's own. This estimate covers every measured case.
+/// by `benches/journal.rs` (BENCHMARKS.md § Disk use), terminals pressed four times a minute
+/// around the clock, votes at the bound: 1.03–1.28× the bound with 1 terminal, up to 3.5× (a
+/// 16 MiB bound) with 10 and 4.4× with 30, the excess shrinking towards 1.5× as the bound grows.
+/// This estimate is above every measured case.
 pub fn folder_estimate(max_disk_bytes: u64, terminals: usize) -> u64 {
     const MIB: u64 = 1024 * 1024;
     max_disk_bytes / 5 * 8 + 4 * MIB * terminals as u64 + 8 * MIB

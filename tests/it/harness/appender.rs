@@ -17,7 +17,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use votegate::journal::{self, Journal, Limits, Outcome, WhenFull};
-use votegate::model::{BootId, Button, Press, PressTime, TerminalId};
+use votegate::model::{Press, TerminalId};
+
+use super::votes;
 
 /// Environment variable naming the journal folder: set, the child test becomes the appender.
 pub const CHILD_DIR_ENV: &str = "VOTEGATE_TEST_APPENDER_DIR";
@@ -40,18 +42,7 @@ pub fn limits() -> Limits {
 }
 
 fn press(terminal: &str, term_seq: u64) -> Press {
-    Press {
-        terminal: TerminalId::new(terminal).expect("valid id"),
-        button: Button::ALL[(term_seq % 4) as usize],
-        term_seq: Some(term_seq),
-        at: PressTime {
-            ts_ms: 1_795_000_000_000 + term_seq,
-            clock_synced: true,
-            boot_id: BootId([7; 16]),
-            mono_ms: term_seq,
-        },
-        filtered: false,
-    }
+    votes::press(&TerminalId::new(terminal).expect("valid id"), term_seq)
 }
 
 /// Parses `t0:17,t1:3`.
