@@ -434,6 +434,7 @@ impl Document<'_> {
             max_disk_bytes,
             when_full,
             cache_bytes,
+            tuning: Default::default(),
         })
     }
 

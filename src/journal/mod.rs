@@ -1,57 +1,77 @@
 //! The journal: the gateway's single source of truth for votes.
 //!
-//! Sources hand presses to the journal; it numbers them, stores them in sled and makes them
-//! durable before anyone hears about them. The uplink reads the oldest unacknowledged votes and,
-//! once the broker has acknowledged them, deletes them with [`Journal::ack_through`].
+//! Sources hand presses to the journal; it numbers them, stores them and makes them durable
+//! before anyone hears about them. The uplink reads the oldest unacknowledged votes and, once the
+//! broker has acknowledged them, releases them with [`Journal::ack_through`].
 //!
 //! # Invariants
-//! 1. **Durable before visible.** [`Journal::append`] returns only after the votes are flushed
-//!    and fsynced; nothing reads a vote that is not durable (the journal is single-writer and,
-//!    after any storage error, drops its handle and re-reads the disk before serving again).
-//! 2. **Seqs are never reused.** `next_seq` is stored in the same atomic batch as the votes that
-//!    consumed it. A seq handed out in a batch that never became durable may be handed out again,
-//!    but nobody ever saw it.
+//! 1. **Durable before visible.** [`Journal::append`] returns only after the votes are in the
+//!    write-ahead log (`fdatasync`) or in a checkpoint (sled flush + fsync); nothing reads a vote
+//!    that is not durable (the journal is single-writer and, after any storage error, drops its
+//!    state and re-reads the disk before serving again).
+//! 2. **Seqs are never reused, and the buffered votes are one run.** Seqs are consecutive; every
+//!    vote below `head` is acknowledged or dropped, every vote from `head` to `next_seq` is
+//!    buffered (`depth = next_seq − head`). A seq handed out in a commit that never became
+//!    durable may be handed out again, but nobody ever saw it.
 //! 3. **Dedup survives restarts.** A `(terminal, term_seq)` already accepted maps to its seq; the
 //!    window ([`dedup::DEDUP_WINDOW`] per terminal) is stored with the votes.
-//! 4. **Nothing is lost silently.** When the journal is full, `drop-oldest` deletes the oldest
-//!    votes and `reject-new` refuses new ones; both count every vote lost in `dropped`, stored with
-//!    the change it counts.
-//! 5. **Counters match contents.** `depth` and `charged_bytes` are stored in the same batch as
-//!    every insert and delete.
+//! 4. **Nothing is lost silently.** When the votes reach their budget, `drop-oldest` drops the
+//!    oldest sealed blocks and `reject-new` refuses new votes; both count every vote lost in
+//!    `dropped`, made durable with the change it counts.
+//! 5. **The folder stays within its bound** (see § Size): compaction copies the live records into
+//!    a new generation and switches to it atomically.
 //!
-//! # Key layout (one sled tree)
+//! # Storage
+//! The data folder holds a pointer file and the live generation ([`layout`]); a generation is a
+//! sled database plus a write-ahead log ([`wal`]). A commit appends one record with its new votes
+//! to the log (one page, one `fdatasync`). The votes collect in the open *tail*; when the tail
+//! holds [`Tuning::block_votes`] votes or [`Tuning::block_bytes`] bytes it is sealed into a block,
+//! and the next commit is a *checkpoint*: one sled write of the sealed blocks, the changed
+//! duplicate-window chunks and counts, the tail and the meta record with the next epoch, flushed
+//! and fsynced; the log then starts again. At open, the log's records of the stored epoch are
+//! replayed on top of the checkpoint.
+//!
+//! # Key layout (one sled tree per generation)
 //! | key | value |
 //! | --- | --- |
-//! | `v` + seq (u64 BE) | vote record, format byte + postcard ([`record`]) |
-//! | `d` + id length (u8) + terminal id + term_seq (u64 BE) | seq (u64 BE) |
-//! | `m` | [`record::Meta`]: next_seq, dropped, depth, charged bytes |
-//! | `c` + UTC minute (u32 BE) + id length (u8) + terminal id | [`record::MinuteTally`]: that minute's votes per button |
+//! | `m` | [`record::Meta`]: epoch, next seq, tail's first seq, head, dropped |
+//! | `t` | the tail: a block value ([`block`]) of the votes after the last sealed block |
+//! | `b` + first seq (u64 BE) | a sealed block: format byte, vote count, the votes ([`block`]) |
+//! | `w` + id length + terminal id + chunk (u32 BE) | a chunk of a terminal's duplicate window ([`dedup`]) |
+//! | `h` + UTC hour (u32 BE) + id length + terminal id | an hour's counts per minute ([`counts`]) |
+//! | `q` + UTC day (u32 BE) + id length + terminal id | one day's quarter-hour counts ([`counts`]) |
 //!
-//! # Minute counts
-//! Every batch that accepts votes also updates, atomically, the count of votes per terminal,
-//! button and UTC minute ([`Journal::minute_tallies`]), kept for [`MINUTE_RETENTION`] minutes
-//! behind the newest minute seen. The local tallies rebuild from them after a restart: they
-//! survive crashes and the uplink deleting forwarded votes, and they cost one small write per
-//! batch and terminal.
-//!
-//! # Size bound
-//! Each buffered vote is charged its key, its value and [`record::PER_VOTE_OVERHEAD`] against
-//! `max-disk-size`; deletes free their charge. The exact accounting keeps the behaviour when
-//! full predictable; the benchmark checks that sled's files stay below the bound.
+//! # Size
+//! `max-disk-size` bounds the data folder: at most `1.1 × max-disk-size + 8 MiB`
+//! ([`folder_limit`]), plus the counts of many terminals. The buffered votes may take
+//! [`votes_budget`] (45 %) of it, charged as the blocks' bytes plus [`BLOCK_OVERHEAD`]; the
+//! rest is room for sled's garbage and for the copy that compaction makes. sled reuses space
+//! only from its own background cleaner, which would write between the journal's fsyncs, so the
+//! journal turns it off and compacts instead ([`Journal::compact`]): when the live generation
+//! plus a copy of its live records would pass the bound, or when it is mostly garbage (after an
+//! outage's backlog was delivered).
 
+pub mod block;
+mod codec;
+pub mod counts;
 pub mod dedup;
+pub mod layout;
+mod legacy;
 pub mod record;
 mod store;
 mod task;
+pub mod wal;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::model::{Press, Seq, TerminalId, Vote};
-use dedup::{DedupWindow, DEDUP_WINDOW};
+use block::VoteStream;
+use counts::{CountChange, Counts};
+use dedup::{ChunkChange, DedupWindow, DEDUP_WINDOW};
 use record::{Meta, MinuteTally, RecordError};
 use store::{Store, StoreError, WriteBatch};
+use wal::Wal;
 
 pub use task::{spawn, JournalHandle, JournalService};
 
@@ -59,38 +79,86 @@ pub use task::{spawn, JournalHandle, JournalService};
 /// consistent with.
 pub type MinuteTallies = (Vec<(u32, TerminalId, MinuteTally)>, Seq);
 
-/// The smallest `max-disk-size` accepted: a group of appends must always fit.
+/// The smallest `max-disk-size` accepted.
 pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
 
-/// How large the journal's folder can grow: `max-disk-size` bounds what the buffered votes are
-/// charged, but sled 0.34 keeps garbage besides them. It cleans a segment only from its
-/// periodic flusher, which the journal turns off (see `store.rs`), so segments that still hold
-/// a live page (a terminal's duplicate window, the minute counts) are never rewritten. Measured
-/// by `benches/journal.rs` (BENCHMARKS.md § Disk use), terminals pressed four times a minute
-/// around the clock, votes at the bound: 1.03–1.28× the bound with 1 terminal, up to 3.5× (a
-/// 16 MiB bound) with 10 and 4.4× with 30, the excess shrinking towards 1.5× as the bound grows.
-/// This estimate is above every measured case.
-pub fn folder_estimate(max_disk_bytes: u64, terminals: usize) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    max_disk_bytes / 5 * 8 + 4 * MIB * terminals as u64 + 8 * MIB
+/// What a block is charged beyond its value: its key and sled's per-entry overhead.
+pub const BLOCK_OVERHEAD: u64 = 64;
+
+/// The share of `max-disk-size` the buffered votes may take.
+pub fn votes_budget(max_disk_bytes: u64) -> u64 {
+    max_disk_bytes / 100 * 45
 }
 
-/// At most this many deletes go into one atomic batch when acknowledging (see
-/// [`store::MAX_BATCH_OPS`]).
-const ACK_CHUNK: usize = store::MAX_BATCH_OPS - 1;
-/// At most this many presses go into one atomic batch: each takes up to three writes (vote,
-/// dedup entry, evicted dedup entry) plus the deletes of drop-oldest, and one meta write ends it.
-pub const PRESSES_PER_BATCH: usize = 32;
-/// How far back minute counts are kept (3 days: a tally day is at most 25 hours).
-pub const MINUTE_RETENTION: u32 = 3 * 24 * 60;
-/// Most expired minute counts deleted per batch.
-const MINUTE_PRUNE_PER_BATCH: usize = 16;
+/// The bound on the data folder: `1.1 × max-disk-size + 8 MiB`.
+pub fn folder_limit(max_disk_bytes: u64) -> u64 {
+    max_disk_bytes / 10 * 11 + 8 * MIB
+}
 
-/// What to do with a new vote when the journal has reached `max-disk-size`.
+/// How large the journal's folder can grow, for `votegate check`'s disk-space check: the
+/// folder bound, plus each terminal's counts (28 hours of minutes and 36 days of quarter-hours,
+/// twice during a compaction).
+pub fn folder_estimate(max_disk_bytes: u64, terminals: usize) -> u64 {
+    folder_limit(max_disk_bytes) + 256 * 1024 * terminals as u64
+}
+
+/// A named moment inside the journal's writes, reported to [`Tuning::on_step`]: the crash
+/// tests stop the process at each of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A commit's log record is durable.
+    LogRecordWritten,
+    /// Between two sled batches of a checkpoint too large for one.
+    CheckpointHalfway,
+    /// A checkpoint is durable.
+    CheckpointWritten,
+    /// Compaction: the new generation is durable, the pointer still names the old one.
+    GenerationWritten,
+    /// Compaction: the new pointer is written to its temporary file, not yet renamed.
+    PointerWritten,
+    /// Compaction: the pointer names the new generation; the old one is still there.
+    PointerSwitched,
+    /// Compaction: the old generation is removed.
+    OldGenerationRemoved,
+}
+
+/// Internal sizes of the journal; the defaults are what the daemon uses. Tests shrink them to
+/// reach every path quickly.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// A block is sealed at this many votes…
+    pub block_votes: usize,
+    /// …or at this many bytes (sled keeps up to 16 blocks in a tree node: 64 KiB stays inline).
+    pub block_bytes: usize,
+    /// The write-ahead log's size.
+    pub wal_bytes: usize,
+    /// Most writes in one sled batch (see [`store::MAX_BATCH_OPS`]).
+    pub batch_ops: usize,
+    /// Compact after every this many checkpoints, besides when the size calls for it.
+    pub compact_every: Option<u64>,
+    /// Called at each [`Step`].
+    pub on_step: Option<fn(Step)>,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            block_votes: 512,
+            block_bytes: 1024,
+            wal_bytes: 256 * 1024,
+            batch_ops: store::MAX_BATCH_OPS - 1,
+            compact_every: None,
+            on_step: None,
+        }
+    }
+}
+
+/// What to do with a new vote when the votes have reached their budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
-    /// Delete the oldest unsent votes to make room (counted as dropped). The default: recent
-    /// feedback matters more than feedback from an outage weeks ago.
+    /// Drop the oldest unsent votes, a block at a time, to make room (counted as dropped). The
+    /// default: recent feedback matters more than feedback from an outage weeks ago.
     DropOldest,
     /// Refuse the new vote. Serial terminals keep and retransmit it; presses that cannot be
     /// retransmitted (GPIO, simulated) are counted as dropped.
@@ -98,22 +166,35 @@ pub enum WhenFull {
 }
 
 /// Size limits of the journal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Bound on the buffered votes' charged size (see the module doc).
+    /// Bound on the data folder (see the module doc § Size).
     pub max_disk_bytes: u64,
-    /// Behaviour at the bound.
+    /// Behaviour when the votes reach their budget.
     pub when_full: WhenFull,
     /// sled's page cache; its default (1 GiB) is far too much for a Pi.
     pub cache_bytes: u64,
+    /// Internal sizes.
+    pub tuning: Tuning,
 }
+
+impl PartialEq for Limits {
+    fn eq(&self, other: &Limits) -> bool {
+        self.max_disk_bytes == other.max_disk_bytes
+            && self.when_full == other.when_full
+            && self.cache_bytes == other.cache_bytes
+    }
+}
+
+impl Eq for Limits {}
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_disk_bytes: 256 * 1024 * 1024,
+            max_disk_bytes: 256 * MIB,
             when_full: WhenFull::DropOldest,
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: 8 * MIB,
+            tuning: Tuning::default(),
         }
     }
 }
@@ -134,7 +215,7 @@ pub enum JournalError {
     Record {
         /// The data folder.
         dir: PathBuf,
-        /// Which record (`seq 17`, `meta`, …).
+        /// Which record (`block 17`, `meta`, …).
         key: String,
         /// What is wrong.
         cause: RecordError,
@@ -181,12 +262,12 @@ pub struct JournalStats {
     pub dropped: u64,
     /// Charged size of the buffered votes.
     pub charged_bytes: u64,
-    /// The bound on `charged_bytes`.
+    /// The bound on `charged_bytes` ([`votes_budget`] of `max-disk-size`).
     pub max_disk_bytes: u64,
     /// False while the database is unavailable (a storage error, waiting to reopen).
     pub available: bool,
-    /// Durable commits (flush + fsync) since the journal was opened; with group commit, several
-    /// appends share one.
+    /// Durable commits (log record or checkpoint) since the journal was opened; with group
+    /// commit, several appends share one.
     pub commits: u64,
     /// Since start: presses accepted, of them filtered, retransmissions answered from the dedup
     /// window, and presses refused because the journal was full.
@@ -206,30 +287,83 @@ pub struct OutcomeCounts {
     pub refused: u64,
 }
 
-/// The journal's state: an open store and the in-memory mirror of its counters and dedup window.
+/// The journal's state: an open generation and the in-memory mirror of its records.
 /// Single-threaded; [`spawn`] runs it on its own thread with group commit.
 pub struct Journal {
     dir: PathBuf,
     limits: Limits,
     open: Option<OpenJournal>,
-    /// Drops counted while the store was unavailable, added to `meta.dropped` on the next write.
+    /// Drops counted while the store was unavailable, added to `dropped` on the next write.
     unsaved_drops: u64,
     commits: u64,
     outcomes: OutcomeCounts,
 }
 
+/// A sealed block, in sled or waiting for the next checkpoint.
+#[derive(Clone, Debug)]
+struct BlockInfo {
+    count: u64,
+    bytes: u64,
+    /// The value, until a checkpoint writes it.
+    pending: Option<Vec<u8>>,
+}
+
+impl BlockInfo {
+    fn charge(&self) -> u64 {
+        self.bytes + BLOCK_OVERHEAD
+    }
+}
+
+/// The open tail: the votes after the last sealed block.
+#[derive(Clone, Debug, Default)]
+struct Tail {
+    stream: VoteStream,
+    votes: Vec<Vote>,
+}
+
+impl Tail {
+    fn charge(&self) -> u64 {
+        if self.votes.is_empty() {
+            0
+        } else {
+            block::block_len(&self.stream) as u64 + BLOCK_OVERHEAD
+        }
+    }
+}
+
 struct OpenJournal {
+    generation: u64,
     store: Store,
+    wal: Wal,
+    /// The state now (checkpoint plus log).
     meta: Meta,
+    /// The meta record as the last checkpoint stored it (its `next_seq` and `tail_first` are
+    /// what the log continues from).
+    checkpoint: Meta,
+    /// `head` and `dropped` as last made durable.
+    durable: (Seq, u64),
+    /// The seq after the last durable vote (in the log or a checkpoint).
+    logged: Seq,
+    /// The votes accepted since then, for the next log record.
+    unlogged: Vec<Vote>,
+    blocks: BTreeMap<Seq, BlockInfo>,
+    tail: Tail,
     dedup: DedupWindow,
-    minutes: BTreeMap<(u32, TerminalId), MinuteTally>,
+    counts: Counts,
+    /// Charged bytes of the buffered votes.
+    charged: u64,
     oldest: Option<Vote>,
-    /// Deletes applied but not yet made durable.
+    /// sled holds deletes not yet flushed.
     unsynced_acks: bool,
+    /// Checkpoints since the last compaction.
+    checkpoints: u64,
+    /// The folder's size right after the last compaction (or open), and the live records then.
+    compacted_at: u64,
 }
 
 impl Journal {
-    /// Opens the journal in `dir`, creating it if needed.
+    /// Opens the journal in `dir`, creating it, or converting a journal written by a release
+    /// before blocks, as needed.
     pub fn open(dir: &Path, limits: Limits) -> Result<Journal, JournalError> {
         let open = OpenJournal::load(dir, &limits)?;
         Ok(Journal {
@@ -247,9 +381,8 @@ impl Journal {
         &self.dir
     }
 
-    /// Stores presses durably; one flush serves them all (group commit). They are written in
-    /// atomic batches of [`PRESSES_PER_BATCH`]. Outcomes are in the order of `presses`. On error
-    /// nothing was acknowledged: the caller may retry.
+    /// Stores presses durably; one write serves them all (group commit). Outcomes are in the
+    /// order of `presses`. On error nothing was acknowledged: the caller may retry.
     pub fn append(&mut self, presses: Vec<Press>) -> Result<Vec<Outcome>, JournalError> {
         let limits = self.limits;
         let unsaved_drops = self.unsaved_drops;
@@ -257,13 +390,8 @@ impl Journal {
         let retransmittable: Vec<bool> = presses.iter().map(|p| p.term_seq.is_some()).collect();
         let result = self.with_store(|open, dir| {
             open.meta.dropped += unsaved_drops;
-            let mut outcomes = Vec::with_capacity(presses.len());
-            let mut presses = presses.into_iter().peekable();
-            while presses.peek().is_some() {
-                let chunk: Vec<Press> = presses.by_ref().take(PRESSES_PER_BATCH).collect();
-                outcomes.extend(open.append(chunk, &limits, dir)?);
-            }
-            open.make_durable(dir)?;
+            let outcomes = open.append(presses, &limits);
+            open.commit(dir, &limits)?;
             Ok(outcomes)
         });
         match result {
@@ -305,17 +433,26 @@ impl Journal {
         }
     }
 
-    /// Deletes every buffered vote with a seq up to `through` (the broker acknowledged them).
-    /// Returns how many were deleted. Not flushed by itself: the next append or
-    /// [`Journal::sync`] makes it durable; if it is lost in a crash the votes are sent again,
-    /// which cloud ingest deduplicates.
+    /// Releases every buffered vote with a seq up to `through` (the broker acknowledged them).
+    /// Returns how many. Not flushed by itself: the next commit or [`Journal::sync`] makes it
+    /// durable; if it is lost in a crash the votes are sent again, which cloud ingest
+    /// deduplicates.
     pub fn ack_through(&mut self, through: Seq) -> Result<u64, JournalError> {
-        self.with_store(|open, dir| open.ack_through(through, dir))
+        let limits = self.limits;
+        self.with_store(|open, dir| open.ack_through(through, dir, &limits))
     }
 
-    /// Makes acknowledged deletes durable.
+    /// Makes acknowledgements durable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        self.with_store(|open, dir| open.sync(dir))
+        let limits = self.limits;
+        self.with_store(|open, dir| open.sync(dir, &limits))
+    }
+
+    /// Copies the live records into a new generation and switches to it (see the module doc).
+    /// The journal does this by itself when the size calls for it.
+    pub fn compact(&mut self) -> Result<(), JournalError> {
+        let limits = self.limits;
+        self.with_store(|open, dir| open.compact(dir, &limits))
     }
 
     /// Up to `max` buffered votes with a seq above `after`, oldest first.
@@ -325,22 +462,23 @@ impl Journal {
 
     /// The current counters.
     pub fn stats(&self) -> JournalStats {
+        let budget = votes_budget(self.limits.max_disk_bytes);
         match &self.open {
             Some(open) => JournalStats {
-                depth: open.meta.depth,
+                depth: open.meta.next_seq - open.meta.head,
                 oldest_seq: open.oldest.as_ref().map(|v| v.seq),
                 oldest_ts_ms: open.oldest.as_ref().map(|v| v.ts_ms),
                 next_seq: open.meta.next_seq,
                 dropped: open.meta.dropped + self.unsaved_drops,
-                charged_bytes: open.meta.charged_bytes,
-                max_disk_bytes: self.limits.max_disk_bytes,
+                charged_bytes: open.charged,
+                max_disk_bytes: budget,
                 available: true,
                 commits: self.commits,
                 outcomes: self.outcomes,
             },
             None => JournalStats {
                 dropped: self.unsaved_drops,
-                max_disk_bytes: self.limits.max_disk_bytes,
+                max_disk_bytes: budget,
                 commits: self.commits,
                 outcomes: self.outcomes,
                 ..JournalStats::default()
@@ -353,17 +491,17 @@ impl Journal {
     pub fn minute_tallies(&mut self) -> Result<MinuteTallies, JournalError> {
         self.with_store(|open, _| {
             let tallies = open
-                .minutes
-                .iter()
-                .map(|((minute, terminal), tally)| (*minute, terminal.clone(), *tally))
+                .counts
+                .minutes()
+                .map(|(minute, terminal, tally)| (minute, terminal.clone(), *tally))
                 .collect();
             Ok((tallies, open.meta.next_seq))
         })
     }
 
-    /// Bytes sled's files take on disk, if the store is open.
+    /// Bytes the data folder's files take.
     pub fn size_on_disk(&self) -> Option<u64> {
-        self.open.as_ref()?.store.size_on_disk().ok()
+        Some(layout::folder_bytes(&self.dir))
     }
 
     /// Whether the store is open (false after a storage error until a reopen succeeds).
@@ -371,9 +509,9 @@ impl Journal {
         self.open.is_some()
     }
 
-    /// Whether acknowledged deletes wait for a flush.
+    /// Whether acknowledgements wait to be made durable.
     pub fn has_unsynced_acks(&self) -> bool {
-        self.open.as_ref().is_some_and(|open| open.unsynced_acks)
+        self.open.as_ref().is_some_and(|open| open.needs_sync())
     }
 
     /// Runs `op` on the open store, reopening it first if an earlier error closed it. Any storage
@@ -399,62 +537,252 @@ impl Journal {
 }
 
 impl Drop for Journal {
-    /// A clean close makes acknowledged deletes durable, as a shutdown does.
+    /// A clean close makes acknowledgements durable, as a shutdown does.
     fn drop(&mut self) {
         if self.has_unsynced_acks() {
             if let Err(err) = self.sync() {
-                log::warn!("journal close: acknowledged deletes not made durable: {err}");
+                log::warn!("journal close: acknowledgements not made durable: {err}");
             }
         }
     }
 }
 
+/// A generation's records as written into a fresh store: by compaction and by conversion.
+struct Snapshot<'a> {
+    meta: Meta,
+    tail: &'a VoteStream,
+    dedup: Vec<ChunkChange>,
+    counts: Vec<CountChange>,
+}
+
 impl OpenJournal {
     fn load(dir: &Path, limits: &Limits) -> Result<OpenJournal, JournalError> {
-        let store = Store::open(dir, limits.cache_bytes).map_err(|cause| storage(dir, cause))?;
-        let mut meta = match store.get(record::META_KEY).map_err(|e| storage(dir, e))? {
-            Some(bytes) => Meta::decode(&bytes).map_err(|cause| JournalError::Record {
-                dir: dir.to_path_buf(),
-                key: "meta".to_string(),
-                cause,
-            })?,
-            None => Meta::new(),
-        };
-        // Belt and braces for invariant 2: never number below a stored vote.
-        if let Some((key, _)) = store
-            .last_with_prefix(&[record::VOTE_PREFIX])
-            .map_err(|e| storage(dir, e))?
-        {
-            if let Some(last) = record::seq_of_vote_key(&key) {
-                meta.next_seq = meta.next_seq.max(last + 1);
+        let generation = open_layout(dir, limits)?;
+        let gen_dir = layout::generation_dir(dir, generation);
+        let store = Store::open(&gen_dir, limits.cache_bytes).map_err(|e| storage(dir, e))?;
+        let meta = match store.get(record::META_KEY).map_err(|e| storage(dir, e))? {
+            Some(bytes) => Meta::decode(&bytes).map_err(|cause| corrupt(dir, "meta", cause))?,
+            None => {
+                return Err(corrupt(
+                    dir,
+                    "meta",
+                    RecordError::Corrupt(format!("missing in {}", gen_dir.display())),
+                ))
             }
-        }
-        let dedup = load_dedup(&store, dir)?;
-        let minutes = load_minutes(&store, dir)?;
+        };
+        let (wal, log) = match Wal::open(&gen_dir) {
+            Ok(opened) => opened,
+            // A generation written before its log: give it an empty one.
+            Err(_) if !gen_dir.join(wal::WAL_FILE).exists() => (
+                Wal::create(&gen_dir, limits.tuning.wal_bytes)
+                    .map_err(|e| storage(dir, e.into()))?,
+                Vec::new(),
+            ),
+            Err(err) => return Err(storage(dir, err.into())),
+        };
         let mut open = OpenJournal {
+            generation,
             store,
+            wal,
             meta,
-            dedup,
-            minutes,
+            checkpoint: meta,
+            durable: (meta.head, meta.dropped),
+            logged: meta.next_seq,
+            unlogged: Vec::new(),
+            blocks: BTreeMap::new(),
+            tail: Tail::default(),
+            dedup: DedupWindow::new(DEDUP_WINDOW),
+            counts: Counts::new(),
+            charged: 0,
             oldest: None,
             unsynced_acks: false,
+            checkpoints: 0,
+            compacted_at: 0,
         };
+        open.load_records(dir)?;
+        open.replay(&log, limits);
+        open.recount();
         open.refresh_oldest(dir)?;
+        open.compacted_at = layout::folder_bytes(&gen_dir);
         Ok(open)
     }
 
-    fn append(
-        &mut self,
-        presses: Vec<Press>,
-        limits: &Limits,
-        dir: &Path,
-    ) -> Result<Vec<Outcome>, JournalError> {
-        let mut batch = WriteBatch::default();
+    /// Loads blocks, tail, duplicate window and counts from sled.
+    fn load_records(&mut self, dir: &Path) -> Result<(), JournalError> {
+        let tail_first = self.meta.tail_first;
+        let mut stale = Vec::new();
+        let blocks = &mut self.blocks;
+        self.store
+            .for_each_prefix(&[record::BLOCK_PREFIX], |key, value| {
+                let Some(first) = record::seq_of_block_key(key) else {
+                    return Ok(());
+                };
+                if first >= tail_first {
+                    // Written by a checkpoint that did not finish: its votes are in the log.
+                    stale.push(first);
+                    return Ok(());
+                }
+                let count = block::block_count(value)
+                    .map_err(|cause| corrupt(dir, &format!("block {first}"), cause))?;
+                blocks.insert(
+                    first,
+                    BlockInfo {
+                        count: count as u64,
+                        bytes: value.len() as u64,
+                        pending: None,
+                    },
+                );
+                Ok::<(), JournalError>(())
+            })
+            .map_err(storage_of(dir))?;
+        if !stale.is_empty() {
+            let mut batch = WriteBatch::default();
+            for first in stale {
+                batch.delete(&record::block_key(first));
+            }
+            self.store.apply(batch).map_err(|e| storage(dir, e))?;
+            self.unsynced_acks = true;
+        }
+        if let Some(value) = self
+            .store
+            .get(record::TAIL_KEY)
+            .map_err(|e| storage(dir, e))?
+        {
+            let votes = block::decode_block(tail_first, &value)
+                .map_err(|cause| corrupt(dir, "tail", cause))?;
+            if tail_first + votes.len() as u64 != self.meta.next_seq {
+                return Err(corrupt(
+                    dir,
+                    "tail",
+                    RecordError::Corrupt(format!(
+                        "{} votes from seq {tail_first}, meta says next seq {}",
+                        votes.len(),
+                        self.meta.next_seq
+                    )),
+                ));
+            }
+            for vote in votes {
+                self.tail.stream.push(&vote);
+                self.tail.votes.push(vote);
+            }
+        }
+        let mut chunks: BTreeMap<TerminalId, Vec<(u32, Vec<u8>)>> = BTreeMap::new();
+        self.store
+            .for_each_prefix(&[record::CHUNK_PREFIX], |key, value| {
+                if let Some((terminal, chunk)) = record::parse_chunk_key(key) {
+                    chunks
+                        .entry(terminal)
+                        .or_default()
+                        .push((chunk, value.to_vec()));
+                }
+                Ok::<(), StoreError>(())
+            })
+            .map_err(|e| storage(dir, e))?;
+        for (terminal, chunks) in chunks {
+            self.dedup
+                .load(&terminal, chunks)
+                .map_err(|cause| corrupt(dir, &format!("duplicate window of {terminal}"), cause))?;
+        }
+        let counts = &mut self.counts;
+        for prefix in [counts::HOUR_PREFIX, counts::DAY_PREFIX] {
+            self.store
+                .for_each_prefix(&[prefix], |key, value| {
+                    let loaded = if prefix == counts::HOUR_PREFIX {
+                        counts.load_hour(key, value)
+                    } else {
+                        counts.load_day(key, value)
+                    };
+                    loaded.map_err(|cause| corrupt(dir, "counts", cause))
+                })
+                .map_err(storage_of(dir))?;
+        }
+        self.counts.finish_load();
+        Ok(())
+    }
+
+    /// Replays the log's records of the stored epoch on top of the checkpoint.
+    fn replay(&mut self, log: &[u8], limits: &Limits) {
+        let (records, end) = wal::replay(log, self.meta.epoch, self.meta.next_seq);
+        let replayed = records.len() as u64;
+        for record in records {
+            for vote in record.votes {
+                self.dedup_remember(&vote);
+                self.counts.replay(&vote);
+                self.meta.next_seq = vote.seq + 1;
+                self.push_tail(vote, limits);
+            }
+            self.meta.head = self.meta.head.max(record.head);
+            self.meta.dropped = self.meta.dropped.max(record.dropped);
+        }
+        if self.meta.head > self.meta.next_seq {
+            log::warn!(
+                "journal: acknowledged through seq {} but holds votes only up to {}; starting after them",
+                self.meta.head - 1,
+                self.meta.next_seq - 1
+            );
+            self.meta.head = self.meta.next_seq;
+        }
+        self.wal.resume(end, replayed);
+        self.logged = self.meta.next_seq;
+        self.durable = (self.meta.head, self.meta.dropped);
+    }
+
+    fn dedup_remember(&mut self, vote: &Vote) {
+        if let Some(term_seq) = vote.term_seq {
+            self.dedup.remember(&vote.terminal, term_seq, vote.seq);
+        }
+    }
+
+    /// Recomputes the charged bytes of the live blocks and the tail.
+    fn recount(&mut self) {
+        let head = self.meta.head;
+        self.charged = self
+            .blocks
+            .iter()
+            .filter(|(first, info)| *first + info.count > head)
+            .map(|(_, info)| info.charge())
+            .sum::<u64>()
+            + self.tail.charge();
+    }
+
+    /// Adds a vote to the tail, sealing the tail when it is full.
+    fn push_tail(&mut self, vote: Vote, limits: &Limits) {
+        self.tail.stream.push(&vote);
+        self.tail.votes.push(vote);
+        let full = self.tail.votes.len() >= limits.tuning.block_votes.max(1)
+            || block::block_len(&self.tail.stream) >= limits.tuning.block_bytes;
+        if full {
+            self.seal_tail();
+        }
+    }
+
+    fn seal_tail(&mut self) {
+        let tail = std::mem::take(&mut self.tail);
+        let value = block::encode_block(&tail.stream);
+        self.blocks.insert(
+            self.meta.tail_first,
+            BlockInfo {
+                count: tail.votes.len() as u64,
+                bytes: value.len() as u64,
+                pending: Some(value),
+            },
+        );
+        self.meta.tail_first += tail.votes.len() as u64;
+    }
+
+    /// What adding `vote` to the tail costs in charged bytes.
+    fn cost_of(&self, vote: &Vote) -> u64 {
+        let before = self.tail.charge();
+        let mut stream = self.tail.stream.clone();
+        stream.push(vote);
+        block::block_len(&stream) as u64 + BLOCK_OVERHEAD - before
+    }
+
+    /// Numbers and stores the presses in memory; [`OpenJournal::commit`] makes them durable.
+    fn append(&mut self, presses: Vec<Press>, limits: &Limits) -> Vec<Outcome> {
+        let budget = votes_budget(limits.max_disk_bytes);
+        let first_new = self.meta.next_seq;
         let mut outcomes = Vec::with_capacity(presses.len());
-        // Oldest stored votes not yet deleted by this batch, for drop-oldest.
-        let mut drop_cursor = self.oldest.as_ref().map_or(self.meta.next_seq, |v| v.seq);
-        let first_new_seq = self.meta.next_seq;
-        let mut touched_minutes = BTreeSet::new();
         for press in presses {
             if let Some(term_seq) = press.term_seq {
                 if let Some(seq) = self.dedup.lookup(&press.terminal, term_seq) {
@@ -463,253 +791,598 @@ impl OpenJournal {
                 }
             }
             let vote = Vote::accept(self.meta.next_seq, press);
-            let value = record::encode_vote(&vote);
-            let cost = record::vote_cost(value.len());
-            if self.meta.charged_bytes + cost > limits.max_disk_bytes {
-                let room = match limits.when_full {
-                    WhenFull::DropOldest => self.drop_oldest(
-                        cost,
-                        limits,
-                        &mut drop_cursor,
-                        first_new_seq,
-                        &mut batch,
-                        dir,
-                    )?,
-                    WhenFull::RejectNew => false,
-                };
-                if !room {
-                    if vote.term_seq.is_none() {
-                        self.meta.dropped += 1;
-                    }
-                    outcomes.push(Outcome::Refused);
-                    continue;
-                }
+            let cost = self.cost_of(&vote);
+            if self.charged + cost > budget && limits.when_full == WhenFull::DropOldest {
+                self.drop_oldest(cost, budget, first_new);
             }
-            batch.put(&record::vote_key(vote.seq), &value);
-            if let Some(term_seq) = vote.term_seq {
-                batch.put(
-                    &record::dedup_key(&vote.terminal, term_seq),
-                    &record::encode_seq(vote.seq),
-                );
-                if let Some(evicted) = self.dedup.remember(&vote.terminal, term_seq, vote.seq) {
-                    batch.delete(&record::dedup_key(&vote.terminal, evicted));
+            if self.charged + cost > budget {
+                if vote.term_seq.is_none() {
+                    self.meta.dropped += 1;
                 }
+                outcomes.push(Outcome::Refused);
+                continue;
             }
+            self.charged += cost;
+            self.dedup_remember(&vote);
+            self.counts.add(&vote);
             self.meta.next_seq += 1;
-            self.meta.depth += 1;
-            self.meta.charged_bytes += cost;
-            let minute = (record::minute_of(vote.ts_ms), vote.terminal.clone());
-            self.minutes.entry(minute.clone()).or_default().add(&vote);
-            touched_minutes.insert(minute);
+            self.unlogged.push(vote.clone());
+            self.push_tail(vote.clone(), limits);
             outcomes.push(Outcome::Accepted(vote));
         }
-        for key in &touched_minutes {
-            if let Some(tally) = self.minutes.get(key) {
-                batch.put(&record::minute_key(key.0, &key.1), &tally.encode());
+        outcomes
+    }
+
+    /// Drops the oldest sealed blocks stored before this commit until `cost` more bytes fit.
+    fn drop_oldest(&mut self, cost: u64, budget: u64, first_new: Seq) {
+        while self.charged + cost > budget {
+            let head = self.meta.head;
+            let Some((first, info)) = self
+                .blocks
+                .range(..first_new)
+                .find(|(first, info)| *first + info.count > head)
+                .map(|(first, info)| (*first, info.clone()))
+            else {
+                return;
+            };
+            let end = first + info.count;
+            if end > first_new {
+                return;
             }
+            self.meta.dropped += end - head.max(first);
+            self.meta.head = end;
+            self.charged -= info.charge();
+            self.oldest = None;
         }
-        self.prune_minutes(&mut batch);
-        batch.put(record::META_KEY, &self.meta.encode());
-        self.store.apply(batch).map_err(|e| storage(dir, e))?;
-        if self.oldest.is_none() || drop_cursor != self.oldest.as_ref().map_or(0, |v| v.seq) {
+    }
+
+    /// Makes the commit durable: a log record, or a checkpoint when the log is full.
+    fn commit(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
+        if self.oldest.is_none() && self.meta.head < self.meta.next_seq {
             self.refresh_oldest(dir)?;
         }
-        Ok(outcomes)
-    }
-
-    /// Deletes a few minute counts older than [`MINUTE_RETENTION`] behind the newest minute.
-    fn prune_minutes(&mut self, batch: &mut WriteBatch) {
-        let Some(newest) = self.minutes.keys().map(|(minute, _)| *minute).max() else {
-            return;
-        };
-        let horizon = newest.saturating_sub(MINUTE_RETENTION);
-        let expired: Vec<(u32, TerminalId)> = self
-            .minutes
-            .keys()
-            .take_while(|(minute, _)| *minute < horizon)
-            .take(MINUTE_PRUNE_PER_BATCH)
-            .cloned()
-            .collect();
-        for key in expired {
-            batch.delete(&record::minute_key(key.0, &key.1));
-            self.minutes.remove(&key);
+        let changed =
+            !self.unlogged.is_empty() || self.durable != (self.meta.head, self.meta.dropped);
+        if !changed {
+            return Ok(());
         }
-    }
-
-    /// Flushes and fsyncs everything applied so far, appends and acks alike.
-    fn make_durable(&mut self, dir: &Path) -> Result<(), JournalError> {
-        self.store.make_durable().map_err(|e| storage(dir, e))?;
-        self.unsynced_acks = false;
+        let record = self.log_record();
+        if !self.wal.has_room(record.len()) {
+            return self.checkpoint(dir, limits);
+        }
+        self.wal
+            .append(&record)
+            .map_err(|e| storage(dir, e.into()))?;
+        self.logged = self.meta.next_seq;
+        self.unlogged.clear();
+        self.durable = (self.meta.head, self.meta.dropped);
+        step(limits, Step::LogRecordWritten);
         Ok(())
     }
 
-    /// Deletes stored votes, oldest first, until `cost` more bytes fit. Only votes stored before
-    /// this batch are candidates. Returns false when even an empty journal would not make room.
-    fn drop_oldest(
+    /// The log record of the votes accepted since the last durable write.
+    fn log_record(&self) -> Vec<u8> {
+        let mut stream = VoteStream::new();
+        for vote in &self.unlogged {
+            stream.push(vote);
+        }
+        wal::encode_record(
+            self.checkpoint.epoch,
+            self.wal.next_number(),
+            self.logged,
+            self.meta.head,
+            self.meta.dropped,
+            &stream,
+        )
+    }
+
+    /// Writes everything to sled under the next epoch and makes it durable; the log starts again.
+    fn checkpoint(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
+        let mut writes = Vec::new();
+        for (first, info) in &mut self.blocks {
+            if let Some(value) = info.pending.take() {
+                writes.push(Write::Put(record::block_key(*first).to_vec(), value));
+            }
+        }
+        writes.extend(self.dedup.take_changes().into_iter().map(Write::from));
+        writes.extend(
+            self.counts
+                .take_changes(self.meta.next_seq)
+                .into_iter()
+                .map(Write::from),
+        );
+        writes.extend(self.release_dead_blocks());
+        let meta = Meta {
+            epoch: self.checkpoint.epoch + 1,
+            ..self.meta
+        };
+        writes.push(Write::Put(
+            record::TAIL_KEY.to_vec(),
+            block::encode_block(&self.tail.stream),
+        ));
+        writes.push(Write::Put(record::META_KEY.to_vec(), meta.encode()));
+        self.write_batches(writes, limits, dir)?;
+        self.store.make_durable().map_err(|e| storage(dir, e))?;
+        self.checkpoint = meta;
+        self.meta.epoch = meta.epoch;
+        self.wal.restart();
+        self.logged = self.meta.next_seq;
+        self.unlogged.clear();
+        self.durable = (self.meta.head, self.meta.dropped);
+        self.unsynced_acks = false;
+        self.checkpoints += 1;
+        step(limits, Step::CheckpointWritten);
+        if self.should_compact(dir, limits) {
+            self.compact(dir, limits)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `writes` in sled batches of at most `batch_ops`, in order: the last batch (the
+    /// meta record) is the one that counts, the others only add what replay tolerates.
+    fn write_batches(
         &mut self,
-        cost: u64,
+        writes: Vec<Write>,
         limits: &Limits,
-        cursor: &mut Seq,
-        first_new_seq: Seq,
-        batch: &mut WriteBatch,
         dir: &Path,
-    ) -> Result<bool, JournalError> {
-        while self.meta.charged_bytes + cost > limits.max_disk_bytes {
-            if *cursor >= first_new_seq {
-                return Ok(false);
-            }
-            let oldest = self
-                .store
-                .range_from(&[record::VOTE_PREFIX], &record::vote_key(*cursor), 8)
-                .map_err(|e| storage(dir, e))?;
-            let mut dropped_any = false;
-            for (key, value) in oldest {
-                let Some(seq) = record::seq_of_vote_key(&key) else {
-                    continue;
-                };
-                if seq >= first_new_seq || self.meta.charged_bytes + cost <= limits.max_disk_bytes {
-                    break;
-                }
-                batch.delete(&key);
-                self.meta.charged_bytes = self
-                    .meta
-                    .charged_bytes
-                    .saturating_sub(record::vote_cost(value.len()));
-                self.meta.depth = self.meta.depth.saturating_sub(1);
-                self.meta.dropped += 1;
-                *cursor = seq + 1;
-                dropped_any = true;
-            }
-            if !dropped_any {
-                *cursor = first_new_seq;
-            }
-        }
-        Ok(true)
-    }
-
-    fn ack_through(&mut self, through: Seq, dir: &Path) -> Result<u64, JournalError> {
-        let mut deleted = 0;
-        while let Some(oldest) = self.oldest.as_ref().filter(|v| v.seq <= through) {
-            let chunk = self
-                .store
-                .range_from(
-                    &[record::VOTE_PREFIX],
-                    &record::vote_key(oldest.seq),
-                    ACK_CHUNK,
-                )
-                .map_err(|e| storage(dir, e))?;
+    ) -> Result<(), JournalError> {
+        let per_batch = limits.tuning.batch_ops.max(2);
+        let batches = writes.len().div_ceil(per_batch);
+        let mut writes = writes.into_iter();
+        for n in 0..batches {
             let mut batch = WriteBatch::default();
-            for (key, value) in &chunk {
-                match record::seq_of_vote_key(key) {
-                    Some(seq) if seq <= through => {
-                        batch.delete(key);
-                        self.meta.depth = self.meta.depth.saturating_sub(1);
-                        self.meta.charged_bytes = self
-                            .meta
-                            .charged_bytes
-                            .saturating_sub(record::vote_cost(value.len()));
-                        deleted += 1;
-                    }
-                    _ => break,
-                }
+            for write in writes.by_ref().take(per_batch) {
+                write.add_to(&mut batch);
             }
-            if batch.is_empty() {
-                break;
-            }
-            let complete = batch.len() < chunk.len() || chunk.len() < ACK_CHUNK;
-            batch.put(record::META_KEY, &self.meta.encode());
             self.store.apply(batch).map_err(|e| storage(dir, e))?;
-            self.unsynced_acks = true;
-            self.refresh_oldest(dir)?;
-            if complete {
-                break;
+            if n + 1 < batches {
+                step(limits, Step::CheckpointHalfway);
             }
         }
-        Ok(deleted)
+        Ok(())
     }
 
-    fn sync(&mut self, dir: &Path) -> Result<(), JournalError> {
+    /// Forgets the blocks wholly below `head`; returns the deletes of those already in sled.
+    fn release_dead_blocks(&mut self) -> Vec<Write> {
+        let head = self.meta.head;
+        let dead: Vec<Seq> = self
+            .blocks
+            .iter()
+            .take_while(|(first, info)| *first + info.count <= head)
+            .map(|(first, _)| *first)
+            .collect();
+        let mut deletes = Vec::new();
+        for first in dead {
+            if let Some(info) = self.blocks.remove(&first) {
+                if info.pending.is_none() {
+                    deletes.push(Write::Delete(record::block_key(first).to_vec()));
+                }
+            }
+        }
+        deletes
+    }
+
+    fn ack_through(
+        &mut self,
+        through: Seq,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<u64, JournalError> {
+        let new_head = through.saturating_add(1).min(self.meta.next_seq);
+        if new_head <= self.meta.head {
+            return Ok(0);
+        }
+        let acked = new_head - self.meta.head;
+        self.meta.head = new_head;
+        self.recount();
+        self.refresh_oldest(dir)?;
+        // Nothing is written here: the head goes into the next log record (or the idle sync's),
+        // and the blocks below it are deleted by the next checkpoint or left out of the next
+        // compaction, which is cheaper than sled deleting them one by one.
+        if self.should_compact(dir, limits) {
+            self.compact(dir, limits)?;
+        }
+        Ok(acked)
+    }
+
+    /// Whether acknowledgements or drops wait to be made durable.
+    fn needs_sync(&self) -> bool {
+        self.unsynced_acks || self.durable != (self.meta.head, self.meta.dropped)
+    }
+
+    fn sync(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
         if self.unsynced_acks {
-            self.make_durable(dir)?;
+            self.store.make_durable().map_err(|e| storage(dir, e))?;
+            self.unsynced_acks = false;
+        }
+        if self.durable != (self.meta.head, self.meta.dropped) {
+            self.commit(dir, limits)?;
         }
         Ok(())
     }
 
     fn read_after(&self, after: Seq, max: usize, dir: &Path) -> Result<Vec<Vote>, JournalError> {
-        let Some(start) = after.checked_add(1) else {
-            return Ok(Vec::new());
+        let start = after.saturating_add(1).max(self.meta.head);
+        let mut votes = Vec::new();
+        if start >= self.meta.next_seq || max == 0 {
+            return Ok(votes);
+        }
+        let first_block = self
+            .blocks
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(first, _)| *first);
+        for (first, info) in self.blocks.range(first_block..) {
+            if first + info.count <= start {
+                continue;
+            }
+            let block = self.block_votes(*first, info, dir)?;
+            votes.extend(
+                block
+                    .into_iter()
+                    .filter(|v| v.seq >= start)
+                    .take(max - votes.len()),
+            );
+            if votes.len() >= max {
+                return Ok(votes);
+            }
+        }
+        votes.extend(
+            self.tail
+                .votes
+                .iter()
+                .filter(|v| v.seq >= start)
+                .take(max - votes.len())
+                .cloned(),
+        );
+        Ok(votes)
+    }
+
+    fn block_votes(
+        &self,
+        first: Seq,
+        info: &BlockInfo,
+        dir: &Path,
+    ) -> Result<Vec<Vote>, JournalError> {
+        let stored;
+        let value = match &info.pending {
+            Some(value) => value,
+            None => {
+                stored = self
+                    .store
+                    .get(&record::block_key(first))
+                    .map_err(|e| storage(dir, e))?
+                    .ok_or_else(|| {
+                        corrupt(
+                            dir,
+                            &format!("block {first}"),
+                            RecordError::Corrupt("missing".into()),
+                        )
+                    })?;
+                &stored
+            }
         };
-        self.store
-            .range_from(&[record::VOTE_PREFIX], &record::vote_key(start), max)
-            .map_err(|e| storage(dir, e))?
-            .into_iter()
-            .filter_map(|(key, value)| Some((record::seq_of_vote_key(&key)?, value)))
-            .map(|(seq, value)| decode(dir, seq, &value))
-            .collect()
+        block::decode_block(first, value)
+            .map_err(|cause| corrupt(dir, &format!("block {first}"), cause))
     }
 
     fn refresh_oldest(&mut self, dir: &Path) -> Result<(), JournalError> {
-        let first = self
-            .store
-            .range_from(&[record::VOTE_PREFIX], &[record::VOTE_PREFIX], 1)
-            .map_err(|e| storage(dir, e))?;
-        self.oldest = match first.first() {
-            Some((key, value)) => match record::seq_of_vote_key(key) {
-                Some(seq) => Some(decode(dir, seq, value)?),
-                None => None,
-            },
-            None => None,
+        let head = self.meta.head;
+        self.oldest = if head >= self.meta.next_seq {
+            None
+        } else if self.oldest.as_ref().is_some_and(|v| v.seq == head) {
+            self.oldest.take()
+        } else {
+            self.read_after(head - 1, 1, dir)?.into_iter().next()
         };
+        Ok(())
+    }
+
+    /// Whether the folder should be compacted now (see the module doc § Size).
+    fn should_compact(&self, dir: &Path, limits: &Limits) -> bool {
+        if let Some(every) = limits.tuning.compact_every {
+            if self.checkpoints >= every.max(1) {
+                return true;
+            }
+        }
+        let current = layout::folder_bytes(&layout::generation_dir(dir, self.generation));
+        let copy = self.estimate_copy(limits);
+        let limit = folder_limit(limits.max_disk_bytes);
+        // The bound would be passed while both generations exist (and the folder has grown
+        // since the last compaction, so that a copy too large for the bound cannot loop).
+        let near_bound = current + copy + MIB > limit && current > self.compacted_at + MIB;
+        // Mostly garbage and cheap to copy: the folder shrinks (after a backlog was delivered).
+        // Not while a backlog drains: acknowledgements write nothing to sled, so the folder does
+        // not grow, and copying what is left again and again would cost more than it frees.
+        let mostly_garbage = current > 6 * MIB && copy <= (current / 16).max(MIB);
+        near_bound || mostly_garbage
+    }
+
+    /// About what a fresh generation holding the live records takes.
+    fn estimate_copy(&self, limits: &Limits) -> u64 {
+        let records = self.dedup.encoded_bytes() as u64 + 48 * self.counts.records() as u64;
+        self.charged + self.charged / 10 + 2 * records + limits.tuning.wal_bytes as u64 + 512 * 1024
+    }
+
+    /// Copies the live records into a new generation and switches to it.
+    fn compact(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
+        let old_dir = layout::generation_dir(dir, self.generation);
+        let before = layout::folder_bytes(&old_dir);
+        let started = std::time::Instant::now();
+        // Votes still in the log go into the copy: everything is in sled there.
+        let new_generation = self.generation + 1;
+        let head = self.meta.head;
+        let blocks: Vec<(Seq, BlockInfo)> = self
+            .blocks
+            .iter()
+            .filter(|(first, info)| *first + info.count > head)
+            .map(|(first, info)| (*first, info.clone()))
+            .collect();
+        let meta = Meta {
+            epoch: 0,
+            ..self.meta
+        };
+        let snapshot = Snapshot {
+            meta,
+            tail: &self.tail.stream,
+            dedup: self.dedup.all_records(),
+            counts: self.counts.all_records(self.meta.next_seq),
+        };
+        let store = &self.store;
+        let written = write_generation(dir, new_generation, limits, snapshot, |emit| {
+            for (first, info) in &blocks {
+                match &info.pending {
+                    Some(value) => emit(*first, value.clone())?,
+                    None => {
+                        let value = store
+                            .get(&record::block_key(*first))
+                            .map_err(|e| storage(dir, e))?
+                            .ok_or_else(|| {
+                                corrupt(
+                                    dir,
+                                    &format!("block {first}"),
+                                    RecordError::Corrupt("missing".into()),
+                                )
+                            })?;
+                        emit(*first, value)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let (store, wal) = match written {
+            Ok(written) => written,
+            Err(err) => {
+                // The live generation is untouched: keep going on it and try again later.
+                log::warn!(data_dir:% = dir.display(); "journal compaction failed, the journal keeps its folder as it is: {err}");
+                let _ = layout::remove(&layout::generation_dir(dir, new_generation));
+                self.compacted_at = before;
+                return Ok(());
+            }
+        };
+        step(limits, Step::GenerationWritten);
+        layout::switch(dir, new_generation, &|| step(limits, Step::PointerWritten))
+            .map_err(|e| storage(dir, e))?;
+        step(limits, Step::PointerSwitched);
+        let old_store = std::mem::replace(&mut self.store, store);
+        drop(old_store);
+        self.wal = wal;
+        self.generation = new_generation;
+        self.blocks = blocks
+            .into_iter()
+            .map(|(first, info)| {
+                (
+                    first,
+                    BlockInfo {
+                        pending: None,
+                        ..info
+                    },
+                )
+            })
+            .collect();
+        self.checkpoint = meta;
+        self.meta.epoch = 0;
+        self.logged = self.meta.next_seq;
+        self.unlogged.clear();
+        self.durable = (self.meta.head, self.meta.dropped);
+        self.unsynced_acks = false;
+        self.dedup.mark_saved();
+        self.counts.mark_saved();
+        self.checkpoints = 0;
+        layout::remove(&old_dir).map_err(|e| storage(dir, e))?;
+        step(limits, Step::OldGenerationRemoved);
+        let after = layout::folder_bytes(&layout::generation_dir(dir, new_generation));
+        self.compacted_at = after;
+        log::info!(
+            data_dir:% = dir.display();
+            "journal compacted: {} → {} in {} ms ({} votes buffered)",
+            crate::config::units::format_size(before),
+            crate::config::units::format_size(after),
+            started.elapsed().as_millis(),
+            self.meta.next_seq - self.meta.head
+        );
         Ok(())
     }
 }
 
-fn load_dedup(store: &Store, dir: &Path) -> Result<DedupWindow, JournalError> {
-    let mut entries: Vec<_> = store
-        .scan_prefix(&[record::DEDUP_PREFIX])
-        .map_err(|e| storage(dir, e))?
-        .into_iter()
-        .filter_map(|(key, value)| {
-            let (terminal, term_seq) = record::parse_dedup_key(&key)?;
-            Some((record::decode_seq(&value)?, terminal, term_seq))
-        })
-        .collect();
-    entries.sort_unstable_by_key(|(seq, _, _)| *seq);
-    let mut window = DedupWindow::new(DEDUP_WINDOW);
-    for (seq, terminal, term_seq) in entries {
-        window.remember(&terminal, term_seq, seq);
-    }
-    Ok(window)
+/// One write of a checkpoint.
+enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
 }
 
-fn load_minutes(
-    store: &Store,
+impl Write {
+    fn add_to(self, batch: &mut WriteBatch) {
+        match self {
+            Write::Put(key, value) => batch.put(&key, &value),
+            Write::Delete(key) => batch.delete(&key),
+        }
+    }
+}
+
+impl From<ChunkChange> for Write {
+    fn from(change: ChunkChange) -> Write {
+        match change {
+            ChunkChange::Put {
+                terminal,
+                chunk,
+                value,
+            } => Write::Put(record::chunk_key(&terminal, chunk), value),
+            ChunkChange::Delete { terminal, chunk } => {
+                Write::Delete(record::chunk_key(&terminal, chunk))
+            }
+        }
+    }
+}
+
+impl From<CountChange> for Write {
+    fn from(change: CountChange) -> Write {
+        match change {
+            CountChange::Put { key, value } => Write::Put(key, value),
+            CountChange::Delete { key } => Write::Delete(key),
+        }
+    }
+}
+
+/// A sink for sealed blocks `(first seq, value)`.
+type Emit<'a> = dyn FnMut(Seq, Vec<u8>) -> Result<(), JournalError> + 'a;
+
+/// Writes a complete generation `number` (blocks from `blocks`, then the snapshot's records) and
+/// makes it durable, with an empty log. A generation folder of that number left by a crash is
+/// removed first.
+fn write_generation(
     dir: &Path,
-) -> Result<BTreeMap<(u32, TerminalId), MinuteTally>, JournalError> {
-    let mut minutes = BTreeMap::new();
-    for (key, value) in store
-        .scan_prefix(&[record::MINUTE_PREFIX])
-        .map_err(|e| storage(dir, e))?
+    number: u64,
+    limits: &Limits,
+    snapshot: Snapshot<'_>,
+    blocks: impl FnOnce(&mut Emit<'_>) -> Result<(), JournalError>,
+) -> Result<(Store, Wal), JournalError> {
+    let gen_dir = layout::generation_dir(dir, number);
+    layout::remove(&gen_dir).map_err(|e| storage(dir, e))?;
+    let store = Store::open(&gen_dir, limits.cache_bytes).map_err(|e| storage(dir, e))?;
+    let per_batch = limits.tuning.batch_ops.max(2);
+    let mut batch = WriteBatch::default();
+    let flush = |batch: &mut WriteBatch, store: &Store| -> Result<(), JournalError> {
+        let full = std::mem::take(batch);
+        store.apply(full).map_err(|e| storage(dir, e))
+    };
     {
-        let Some(minute) = record::parse_minute_key(&key) else {
-            continue;
+        let mut emit = |first: Seq, value: Vec<u8>| -> Result<(), JournalError> {
+            batch.put(&record::block_key(first), &value);
+            if batch.len() >= per_batch {
+                flush(&mut batch, &store)?;
+            }
+            Ok(())
         };
-        let tally = MinuteTally::decode(&value).map_err(|cause| JournalError::Record {
-            dir: dir.to_path_buf(),
-            key: format!("minute {} {}", minute.0, minute.1),
-            cause,
-        })?;
-        minutes.insert(minute, tally);
+        blocks(&mut emit)?;
     }
-    Ok(minutes)
+    let writes = snapshot
+        .dedup
+        .into_iter()
+        .map(Write::from)
+        .chain(snapshot.counts.into_iter().map(Write::from))
+        .chain([
+            Write::Put(
+                record::TAIL_KEY.to_vec(),
+                block::encode_block(snapshot.tail),
+            ),
+            Write::Put(record::META_KEY.to_vec(), snapshot.meta.encode()),
+        ]);
+    for write in writes {
+        write.add_to(&mut batch);
+        if batch.len() >= per_batch {
+            flush(&mut batch, &store)?;
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &store)?;
+    }
+    store.make_durable().map_err(|e| storage(dir, e))?;
+    let wal = Wal::create(&gen_dir, limits.tuning.wal_bytes).map_err(|e| storage(dir, e.into()))?;
+    Ok((store, wal))
 }
 
-fn decode(dir: &Path, seq: Seq, value: &[u8]) -> Result<Vote, JournalError> {
-    record::decode_vote(seq, value).map_err(|cause| JournalError::Record {
+/// Opens (or creates, or converts) the data folder's layout; returns the live generation.
+fn open_layout(dir: &Path, limits: &Limits) -> Result<u64, JournalError> {
+    std::fs::create_dir_all(dir).map_err(|err| {
+        storage(
+            dir,
+            StoreError {
+                detail: format!("cannot create {}: {err}", dir.display()),
+            },
+        )
+    })?;
+    // The data folder's own entry must survive a power cut too.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        layout::sync_dir(parent).map_err(|e| storage(dir, e))?;
+    }
+    let generation = match layout::read_pointer(dir).map_err(|e| storage(dir, e))? {
+        layout::Pointer::Generation(number) => {
+            layout::tidy(dir, Some(number)).map_err(|e| storage(dir, e))?;
+            number
+        }
+        layout::Pointer::Unreadable(text) => {
+            return Err(corrupt(
+                dir,
+                layout::POINTER,
+                RecordError::Corrupt(format!("does not name a generation: {text:?}")),
+            ))
+        }
+        layout::Pointer::Missing => {
+            layout::tidy(dir, None).map_err(|e| storage(dir, e))?;
+            let number = 1;
+            if layout::has_legacy(dir) {
+                legacy::convert(dir, number, limits)?;
+            } else {
+                let tail = VoteStream::new();
+                let snapshot = Snapshot {
+                    meta: Meta::new(),
+                    tail: &tail,
+                    dedup: Vec::new(),
+                    counts: Vec::new(),
+                };
+                write_generation(dir, number, limits, snapshot, |_| Ok(()))?;
+            }
+            layout::switch(dir, number, &|| {}).map_err(|e| storage(dir, e))?;
+            layout::tidy(dir, Some(number)).map_err(|e| storage(dir, e))?;
+            number
+        }
+    };
+    // The pointer's rename must be durable before anything is written under it.
+    layout::sync_dir(dir).map_err(|e| storage(dir, e))?;
+    Ok(generation)
+}
+
+fn step(limits: &Limits, step: Step) {
+    if let Some(on_step) = limits.tuning.on_step {
+        on_step(step);
+    }
+}
+
+fn corrupt(dir: &Path, key: &str, cause: RecordError) -> JournalError {
+    JournalError::Record {
         dir: dir.to_path_buf(),
-        key: format!("seq {seq}"),
+        key: key.to_string(),
         cause,
-    })
+    }
+}
+
+/// Maps a storage error raised inside a scan to the journal's, keeping record errors.
+fn storage_of(dir: &Path) -> impl Fn(JournalError) -> JournalError + '_ {
+    move |err| match err {
+        JournalError::Storage { cause, .. } => storage(dir, cause),
+        other => other,
+    }
+}
+
+impl From<StoreError> for JournalError {
+    /// A storage error without its folder (filled in by [`storage_of`] at the edge).
+    fn from(cause: StoreError) -> JournalError {
+        JournalError::Storage {
+            dir: PathBuf::new(),
+            cause,
+        }
+    }
 }
 
 fn storage(dir: &Path, cause: StoreError) -> JournalError {

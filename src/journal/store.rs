@@ -189,15 +189,18 @@ impl Store {
         Ok(self.db.get(key)?.map(|value| value.to_vec()))
     }
 
-    /// All entries whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        self.db
-            .scan_prefix(prefix)
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok((key.to_vec(), value.to_vec()))
-            })
-            .collect()
+    /// Calls `visit` with each entry whose key starts with `prefix`, in key order, without
+    /// collecting them.
+    pub fn for_each_prefix<E: From<StoreError>>(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for entry in self.db.scan_prefix(prefix) {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            visit(&key, &value)?;
+        }
+        Ok(())
     }
 
     /// Up to `limit` entries with `start <= key`, keys starting with `prefix`, in key order.
@@ -251,11 +254,6 @@ impl Store {
             .sync_all()
             .map_err(|err| StoreError::io("cannot fsync", &self.path, err))?;
         Ok(())
-    }
-
-    /// Bytes sled's files take on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
     }
 }
 

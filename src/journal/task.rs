@@ -16,9 +16,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::{Journal, JournalError, JournalStats, MinuteTallies, Outcome};
 use crate::model::{Press, Seq, Vote};
 
-/// Most requests handled per commit: bounds the latency of the last one in a burst, and keeps a
-/// commit to a few sled batches.
-const MAX_GROUP: usize = 4 * super::PRESSES_PER_BATCH;
+/// Most requests handled per commit: bounds the latency of the last one in a burst.
+const MAX_GROUP: usize = 128;
 /// How long the thread waits for work before making pending acks durable and retrying a closed
 /// store.
 const IDLE_TICK: Duration = Duration::from_millis(500);

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::appender::{self, History, CHILD_DIR_ENV, CHILD_START_ENV};
+use crate::harness::appender::{self, History, CHILD_CRASH_ENV, CHILD_DIR_ENV, CHILD_START_ENV};
 use crate::harness::powercut_fs::PowerCutFs;
 use crate::harness::{seed, spawn_test_child, time_scale, RunningChild};
 
@@ -120,6 +120,70 @@ fn acknowledged_votes_survive_power_cuts() {
     );
 }
 
+/// Where the appender stops itself in [`acknowledged_votes_survive_a_power_cut_at_every_step`]:
+/// each step of a commit, a checkpoint and a compaction, early and later in a run, and commits
+/// made in a new generation before anything else syncs the data folder.
+const CRASH_PLANS: [&str; 12] = [
+    "LogRecordWritten:3",
+    "CheckpointHalfway:1",
+    "CheckpointWritten:2",
+    "GenerationWritten:1",
+    "PointerWritten:1",
+    "PointerSwitched:1",
+    "OldGenerationRemoved:1",
+    "OldGenerationRemoved:1,LogRecordWritten:3",
+    "CheckpointHalfway:7",
+    "PointerWritten:3",
+    "PointerSwitched:4",
+    "OldGenerationRemoved:2,CheckpointWritten:1",
+];
+
+#[test]
+fn acknowledged_votes_survive_a_power_cut_at_every_step() {
+    let mut rng = fastrand::Rng::with_seed(seed("crash-steps"));
+    let mount = tempfile::tempdir().expect("temp dir");
+    let mut fs = PowerCutFs::mount(mount.path()).expect("mount the power-cut filesystem");
+    let journal_dir = mount.path().join("journal");
+    let mut history = History::default();
+    let mut appended = 0;
+    for (round, plan) in CRASH_PLANS
+        .iter()
+        .cycle()
+        .take(2 * CRASH_PLANS.len())
+        .enumerate()
+    {
+        let mut env = vec![
+            (CHILD_DIR_ENV, journal_dir.display().to_string()),
+            (
+                CHILD_START_ENV,
+                appender::format_starts(&history.restart_points()),
+            ),
+        ];
+        env.push((CHILD_CRASH_ENV, plan.to_string()));
+        let child = spawn_test_child(CHILD_TEST, &env);
+        let (status, report, stderr) =
+            child.wait_with_output(Duration::from_secs(60 * time_scale()));
+        assert!(
+            status.is_some() && stderr.contains("crashing at"),
+            "round {round}: the appender did not stop at {plan}: {status:?}\n{stderr}"
+        );
+        // Every other round loses all unsynced pages, the others keep a random half.
+        let keep = if round % 2 == 0 { 0.0 } else { 0.5 };
+        let cut = fs.cut(keep, &mut rng).expect("remount after the cut");
+        let mut verified = history
+            .absorb(&report)
+            .unwrap_or_else(|e| panic!("round {round} ({plan}): {e}\n{stderr}"));
+        history
+            .verify_journal(&journal_dir, &mut verified)
+            .unwrap_or_else(|e| panic!("round {round} ({plan}, {cut:?}): {e}\n{stderr}"));
+        appended += verified.appended;
+    }
+    eprintln!(
+        "{} crashes at planned steps, each followed by a power cut: {appended} votes acknowledged",
+        2 * CRASH_PLANS.len()
+    );
+}
+
 fn start_appender(journal_dir: &Path, history: &History) -> RunningChild {
     spawn_test_child(
         CHILD_TEST,
@@ -159,4 +223,53 @@ impl std::io::Write for SharedBuffer {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The power-cut filesystem itself: a cut forgets a rename, a new file and a deleted file that no
+/// fsync of their folder made durable, and keeps those one did.
+#[test]
+fn the_power_cut_filesystem_forgets_unsynced_directory_changes() {
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mount = tempfile::tempdir().expect("temp dir");
+    let mut fs = PowerCutFs::mount(mount.path()).expect("mount the power-cut filesystem");
+    let root = mount.path();
+    let sync_dir = || {
+        std::fs::File::open(root)
+            .and_then(|d| d.sync_all())
+            .expect("fsync folder")
+    };
+    let write_synced = |name: &str, text: &str| {
+        let mut file = std::fs::File::create(root.join(name)).expect("create");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write");
+        file.sync_all().expect("fsync file");
+    };
+    write_synced("kept", "old");
+    write_synced("deleted", "still here");
+    sync_dir();
+    // Not followed by an fsync of the folder: all three must be undone by the cut.
+    write_synced("renamed.tmp", "new");
+    std::fs::rename(root.join("renamed.tmp"), root.join("kept")).expect("rename");
+    std::fs::remove_file(root.join("deleted")).expect("unlink");
+    write_synced("created", "x");
+    fs.cut(0.0, &mut rng).expect("cut");
+    assert_eq!(
+        std::fs::read_to_string(root.join("kept")).expect("kept"),
+        "old"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("deleted")).expect("deleted"),
+        "still here"
+    );
+    assert!(!root.join("created").exists() && !root.join("renamed.tmp").exists());
+    // The same changes followed by an fsync of the folder survive.
+    write_synced("renamed.tmp", "new");
+    std::fs::rename(root.join("renamed.tmp"), root.join("kept")).expect("rename");
+    std::fs::remove_file(root.join("deleted")).expect("unlink");
+    sync_dir();
+    fs.cut(0.0, &mut rng).expect("cut");
+    assert_eq!(
+        std::fs::read_to_string(root.join("kept")).expect("kept"),
+        "new"
+    );
+    assert!(!root.join("deleted").exists());
 }

@@ -1,24 +1,38 @@
-//! Model-based test of the journal: random sequences of appends (with retransmissions), acks,
-//! restarts and syncs, on a journal small enough to fill up, against a plain in-memory model.
+//! Model-based test of the journal: random sequences of appends (with retransmissions), partial
+//! acks, restarts, syncs and compactions, on a journal small enough to fill up and with blocks,
+//! log and sled batches small enough that every commit path runs (log record, checkpoint because
+//! a block was sealed or the log is full, checkpoint in several sled batches), against a plain
+//! in-memory model of blocks and a tail.
 
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
-use votegate::journal::record::{encode_vote, vote_cost};
-use votegate::journal::{Journal, Limits, Outcome, WhenFull};
+use votegate::journal::block::{block_len, VoteStream};
+use votegate::journal::{votes_budget, Journal, Limits, Outcome, Tuning, WhenFull, BLOCK_OVERHEAD};
 use votegate::model::{BootId, Button, Press, PressTime, TerminalId, Vote};
 
-/// About a dozen votes fit: the "full" paths run in most cases.
-const MAX_BYTES: u64 = 2_000;
+/// About a dozen blocks fit in the budget: the "full" paths run in most cases.
+const MAX_BYTES: u64 = 4_000;
+
+fn tuning() -> Tuning {
+    Tuning {
+        block_votes: 4,
+        block_bytes: 120,
+        wal_bytes: 3 * 4096,
+        batch_ops: 3,
+        ..Tuning::default()
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
     /// A group of presses committed together: (terminal, term_seq, button).
     Append(Vec<(usize, Option<u64>, u8)>),
-    /// Acknowledge through the oldest buffered seq plus this offset.
+    /// Acknowledge through the oldest buffered seq plus this offset (partial blocks too).
     AckThrough(u64),
     Restart,
     Sync,
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,24 +46,32 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..8u64).prop_map(Op::AckThrough),
         1 => Just(Op::Restart),
         1 => Just(Op::Sync),
+        1 => Just(Op::Compact),
     ]
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stored {
-    terminal: String,
-    term_seq: Option<u64>,
-    button: u8,
-    cost: u64,
+/// The charged size of a block (or the tail) holding `votes`.
+fn charge(votes: &[Vote]) -> u64 {
+    if votes.is_empty() {
+        return 0;
+    }
+    let mut stream = VoteStream::new();
+    for vote in votes {
+        stream.push(vote);
+    }
+    block_len(&stream) as u64 + BLOCK_OVERHEAD
 }
 
-/// The journal as a few maps.
+/// The journal as sealed blocks, a tail and a few maps.
 struct Model {
     when_full: WhenFull,
-    votes: BTreeMap<u64, Stored>,
-    dedup: HashMap<(String, u64), u64>,
+    tuning: Tuning,
+    blocks: Vec<Vec<Vote>>,
+    tail: Vec<Vote>,
+    head: u64,
     next_seq: u64,
     dropped: u64,
+    dedup: HashMap<(String, u64), u64>,
     /// (minute, terminal) → counted per button, filtered.
     minutes: BTreeMap<(u32, String), ([u32; 4], u32)>,
 }
@@ -58,19 +80,39 @@ impl Model {
     fn new(when_full: WhenFull) -> Model {
         Model {
             when_full,
-            votes: BTreeMap::new(),
-            dedup: HashMap::new(),
+            tuning: tuning(),
+            blocks: Vec::new(),
+            tail: Vec::new(),
+            head: 1,
             next_seq: 1,
             dropped: 0,
+            dedup: HashMap::new(),
             minutes: BTreeMap::new(),
         }
     }
 
+    fn live_blocks(&self) -> impl Iterator<Item = &Vec<Vote>> {
+        let head = self.head;
+        self.blocks
+            .iter()
+            .filter(move |b| b.last().is_some_and(|v| v.seq >= head))
+    }
+
     fn charged(&self) -> u64 {
-        self.votes.values().map(|v| v.cost).sum()
+        self.live_blocks().map(|b| charge(b)).sum::<u64>() + charge(&self.tail)
+    }
+
+    fn buffered(&self) -> Vec<Vote> {
+        self.live_blocks()
+            .flatten()
+            .chain(&self.tail)
+            .filter(|v| v.seq >= self.head)
+            .cloned()
+            .collect()
     }
 
     fn append(&mut self, presses: &[Press]) -> Vec<Outcome> {
+        let budget = votes_budget(MAX_BYTES);
         let first_new = self.next_seq;
         let mut outcomes = Vec::new();
         for press in presses {
@@ -83,21 +125,25 @@ impl Model {
                 continue;
             }
             let vote = Vote::accept(self.next_seq, press.clone());
-            let cost = vote_cost(encode_vote(&vote).len());
-            let mut fits = self.charged() + cost <= MAX_BYTES;
-            if !fits && self.when_full == WhenFull::DropOldest {
-                while self.charged() + cost > MAX_BYTES {
-                    match self.votes.first_key_value() {
-                        Some((&seq, _)) if seq < first_new => {
-                            self.votes.remove(&seq);
-                            self.dropped += 1;
+            let mut grown = self.tail.clone();
+            grown.push(vote.clone());
+            let cost = charge(&grown) - charge(&self.tail);
+            if self.charged() + cost > budget && self.when_full == WhenFull::DropOldest {
+                while self.charged() + cost > budget {
+                    let oldest = self
+                        .live_blocks()
+                        .next()
+                        .map(|b| (b[0].seq, b[b.len() - 1].seq + 1));
+                    match oldest {
+                        Some((first, end)) if end <= first_new => {
+                            self.dropped += end - self.head.max(first);
+                            self.head = end;
                         }
                         _ => break,
                     }
                 }
-                fits = self.charged() + cost <= MAX_BYTES;
             }
-            if !fits {
+            if self.charged() + cost > budget {
                 if press.term_seq.is_none() {
                     self.dropped += 1;
                 }
@@ -107,24 +153,21 @@ impl Model {
             if let Some(ts) = press.term_seq {
                 self.dedup.insert((terminal.clone(), ts), vote.seq);
             }
-            self.votes.insert(
-                vote.seq,
-                Stored {
-                    terminal,
-                    term_seq: press.term_seq,
-                    button: press.button.number(),
-                    cost,
-                },
-            );
-            self.next_seq += 1;
             let counts = self
                 .minutes
-                .entry(((vote.ts_ms / 60_000) as u32, vote.terminal.to_string()))
+                .entry(((vote.ts_ms / 60_000) as u32, terminal))
                 .or_default();
             if vote.filtered {
                 counts.1 += 1;
             } else {
                 counts.0[vote.button.index()] += 1;
+            }
+            self.next_seq += 1;
+            self.tail.push(vote.clone());
+            if self.tail.len() >= self.tuning.block_votes
+                || charge(&self.tail) - BLOCK_OVERHEAD >= self.tuning.block_bytes as u64
+            {
+                self.blocks.push(std::mem::take(&mut self.tail));
             }
             outcomes.push(Outcome::Accepted(vote));
         }
@@ -132,11 +175,13 @@ impl Model {
     }
 
     fn ack_through(&mut self, through: u64) -> u64 {
-        let acked: Vec<u64> = self.votes.range(..=through).map(|(seq, _)| *seq).collect();
-        for seq in &acked {
-            self.votes.remove(seq);
+        let new_head = (through + 1).min(self.next_seq);
+        if new_head <= self.head {
+            return 0;
         }
-        acked.len() as u64
+        let acked = new_head - self.head;
+        self.head = new_head;
+        acked
     }
 }
 
@@ -149,7 +194,7 @@ fn press(terminal: usize, term_seq: Option<u64>, button: u8, n: u64) -> Press {
             // Three presses a minute, so that minute counts both grow and span minutes.
             ts_ms: 1_795_000_000_000 + n * 20_000,
             clock_synced: n % 3 != 0,
-            boot_id: BootId([3; 16]),
+            boot_id: BootId([(n / 50) as u8; 16]),
             mono_ms: n,
         },
         filtered: n % 5 == 0,
@@ -160,30 +205,19 @@ fn check_same(journal: &mut Journal, model: &Model) -> Result<(), TestCaseError>
     let stats = journal.stats();
     prop_assert_eq!(stats.next_seq, model.next_seq, "next_seq");
     prop_assert_eq!(stats.dropped, model.dropped, "dropped");
-    prop_assert_eq!(stats.depth, model.votes.len() as u64, "depth");
+    prop_assert_eq!(stats.depth, model.next_seq - model.head, "depth");
     prop_assert_eq!(stats.charged_bytes, model.charged(), "charged bytes");
-    prop_assert!(stats.charged_bytes <= MAX_BYTES);
-    prop_assert_eq!(
-        stats.oldest_seq,
-        model.votes.keys().next().copied(),
-        "oldest"
-    );
-    let stored: BTreeMap<u64, Stored> = journal
-        .read_after(0, usize::MAX)
-        .expect("read")
-        .into_iter()
-        .map(|v| {
-            let cost = vote_cost(encode_vote(&v).len());
-            let stored = Stored {
-                terminal: v.terminal.to_string(),
-                term_seq: v.term_seq,
-                button: v.button.number(),
-                cost,
-            };
-            (v.seq, stored)
-        })
-        .collect();
-    prop_assert_eq!(&stored, &model.votes);
+    prop_assert!(stats.charged_bytes <= votes_budget(MAX_BYTES));
+    let buffered = model.buffered();
+    prop_assert_eq!(stats.oldest_seq, buffered.first().map(|v| v.seq), "oldest");
+    prop_assert_eq!(stats.oldest_ts_ms, buffered.first().map(|v| v.ts_ms));
+    prop_assert_eq!(&journal.read_after(0, usize::MAX).expect("read"), &buffered);
+    // Reads that start inside a block and stop inside another.
+    if buffered.len() > 3 {
+        let from = buffered[1].seq;
+        let part = journal.read_after(from, 2).expect("read");
+        prop_assert_eq!(&part[..], &buffered[2..4]);
+    }
     let (minutes, next_seq) = journal.minute_tallies().expect("minute tallies");
     prop_assert_eq!(next_seq, model.next_seq);
     let minutes: BTreeMap<(u32, String), ([u32; 4], u32)> = minutes
@@ -205,6 +239,7 @@ fn run_case(when_full: WhenFull, ops: Vec<Op>) -> Result<(), TestCaseError> {
         max_disk_bytes: MAX_BYTES,
         when_full,
         cache_bytes: 1024 * 1024,
+        tuning: tuning(),
     };
     let mut journal = Journal::open(dir.path(), limits).expect("open");
     let mut model = Model::new(when_full);
@@ -224,7 +259,7 @@ fn run_case(when_full: WhenFull, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(outcomes, expected);
             }
             Op::AckThrough(offset) => {
-                let through = model.votes.keys().next().copied().unwrap_or(model.next_seq) + offset;
+                let through = model.head + offset;
                 let expected = model.ack_through(through);
                 prop_assert_eq!(journal.ack_through(through).expect("ack"), expected);
             }
@@ -233,6 +268,7 @@ fn run_case(when_full: WhenFull, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 journal = Journal::open(dir.path(), limits).expect("reopen");
             }
             Op::Sync => journal.sync().expect("sync"),
+            Op::Compact => journal.compact().expect("compact"),
         }
         check_same(&mut journal, &model)?;
     }
@@ -255,12 +291,12 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn journal_matches_the_model_when_dropping_oldest(ops in proptest::collection::vec(op(), 1..40)) {
+    fn journal_matches_the_model_when_dropping_oldest(ops in proptest::collection::vec(op(), 1..60)) {
         run_case(WhenFull::DropOldest, ops)?;
     }
 
     #[test]
-    fn journal_matches_the_model_when_rejecting_new(ops in proptest::collection::vec(op(), 1..40)) {
+    fn journal_matches_the_model_when_rejecting_new(ops in proptest::collection::vec(op(), 1..60)) {
         run_case(WhenFull::RejectNew, ops)?;
     }
 }

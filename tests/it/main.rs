@@ -10,6 +10,7 @@ mod display;
 mod gpio;
 mod harness;
 mod journal_crash;
+mod journal_legacy;
 mod journal_model;
 mod package;
 mod protocol_spec;

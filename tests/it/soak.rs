@@ -319,8 +319,9 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
     let mut synced_wall_ms = u64::MAX;
     // The full disk: the presser is told 1 s before the disk fills and 1 s after it is freed, so
     // that every press it counts as lost met a full disk and every press that met one is counted.
-    // Only growing a file fails (as on a real disk, overwriting allocated blocks still works), and
-    // sled grows its file only once its free segments are used up: the disk stays full past 65 %
+    // Every write fails while it is full (a filesystem that allocates on overwrite, or a card that
+    // stopped taking writes: on ext4, overwriting the journal's preallocated log still works and
+    // the journal takes votes until a checkpoint must grow a file); the disk stays full past 65 %
     // of the run until a press has met it, at the latest until 85 %.
     let full_from = started + duration * 11 / 20;
     let mut full_until = started + duration * 13 / 20;
@@ -360,7 +361,7 @@ fn every_acknowledged_vote_reaches_the_cloud_and_the_screen_through_a_site_full_
             disk_full.store(true, Ordering::SeqCst);
             full_phase = 1;
         } else if full_phase == 1 && now >= full_from + second {
-            site.disk.fill(0);
+            site.disk.refuse_writes();
             filled_at = now;
             full_phase = 2;
         } else if full_phase == 2

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use votegate::journal::{self, Journal, Limits, Outcome, WhenFull};
+use votegate::journal::{self, Journal, Limits, Outcome, Step, Tuning, WhenFull};
 use votegate::model::{Press, TerminalId};
 
 use super::votes;
@@ -32,12 +32,69 @@ pub const TERMINALS: [&str; 4] = ["t0", "t1", "t2", "t3"];
 const ACK_EVERY: u64 = 40;
 const ACK_LAG: u64 = 100;
 
-/// Limits used by the appender and the verifier: large enough that nothing is dropped.
+/// Environment variable telling the appender to abort itself at a step of the journal's writes:
+/// `STEP:N` (the Nth time the step is reached), or `FIRST:N,STEP:M` (the Mth time `STEP` is
+/// reached after the Nth `FIRST`). Steps are named as [`Step`]'s variants.
+pub const CHILD_CRASH_ENV: &str = "VOTEGATE_TEST_CRASH_AT";
+
+/// Limits used by the appender and the verifier: large enough that nothing is dropped; blocks,
+/// log and sled batches small, and a compaction every few checkpoints, so that a kill at a
+/// random moment often lands in a checkpoint or a compaction.
 pub fn limits() -> Limits {
     Limits {
         max_disk_bytes: 64 * 1024 * 1024,
         when_full: WhenFull::RejectNew,
         cache_bytes: 4 * 1024 * 1024,
+        tuning: Tuning {
+            block_votes: 16,
+            block_bytes: 512,
+            wal_bytes: 16 * 1024,
+            batch_ops: 8,
+            compact_every: Some(4),
+            on_step: Some(crash_point),
+        },
+    }
+}
+
+/// The crash plan parsed from [`CHILD_CRASH_ENV`]: `(first step, count)` then `(step, count)`.
+type CrashPlan = (Option<(String, u64)>, (String, u64));
+
+fn crash_plan() -> Option<&'static CrashPlan> {
+    static PLAN: std::sync::OnceLock<Option<CrashPlan>> = std::sync::OnceLock::new();
+    PLAN.get_or_init(|| {
+        let text = std::env::var(CHILD_CRASH_ENV).ok()?;
+        let parse = |part: &str| {
+            let (step, count) = part.split_once(':')?;
+            Some((step.to_string(), count.parse().ok()?))
+        };
+        match text.split_once(',') {
+            Some((first, then)) => Some((Some(parse(first)?), parse(then)?)),
+            None => Some((None, parse(&text)?)),
+        }
+    })
+    .as_ref()
+}
+
+/// [`Tuning::on_step`] of the appender: aborts the process where [`CHILD_CRASH_ENV`] says.
+fn crash_point(step: Step) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FIRST_SEEN: AtomicU64 = AtomicU64::new(0);
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let Some((first, (target, count))) = crash_plan() else {
+        return;
+    };
+    let name = format!("{step:?}");
+    if let Some((first_step, first_count)) = first {
+        if FIRST_SEEN.load(Ordering::SeqCst) < *first_count {
+            if name == *first_step {
+                FIRST_SEEN.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        }
+    }
+    if name == *target && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *count {
+        eprintln!("appender: crashing at {name} as planned");
+        std::process::abort();
     }
 }
 
@@ -280,7 +337,8 @@ impl History {
                 }
                 None => {
                     return Err(format!(
-                        "acknowledged vote lost: seq {seq} {key:?} not in the journal"
+                        "acknowledged vote lost: seq {seq} {key:?} not in the journal (journal: {stats:?}, first stored {:?})",
+                        stored.first().map(|v| v.seq)
                     ))
                 }
             }

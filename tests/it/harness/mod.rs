@@ -152,6 +152,25 @@ impl RunningChild {
         (status, stderr)
     }
 
+    /// Like [`RunningChild::wait`], with the child's stdout too: `(status, stdout, stderr)`.
+    pub fn wait_with_output(
+        mut self,
+        limit: std::time::Duration,
+    ) -> (Option<std::process::ExitStatus>, String, String) {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let (stdout, stderr) = self.kill();
+        (status, stdout, stderr)
+    }
+
     /// Kills the child with SIGKILL, reaps it and returns its stdout and stderr.
     pub fn kill(mut self) -> (String, String) {
         let _ = self.child.kill();

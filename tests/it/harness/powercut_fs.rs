@@ -103,9 +103,19 @@ impl PowerCutFs {
         state.capacity = Some(state.used() + headroom);
     }
 
+    /// Fails every write with ENOSPC, overwrites of allocated bytes included, until
+    /// [`PowerCutFs::free`]: a full filesystem that allocates on every write (btrfs, f2fs), or a
+    /// card that stopped taking writes. (On ext4 an overwrite in place still succeeds, which
+    /// [`PowerCutFs::fill`] models.)
+    pub fn refuse_writes(&self) {
+        lock(&self.state).refuse_writes = true;
+    }
+
     /// Frees the disk again.
     pub fn free(&self) {
-        lock(&self.state).capacity = None;
+        let mut state = lock(&self.state);
+        state.capacity = None;
+        state.refuse_writes = false;
     }
 
     /// Counters since the first mount.
@@ -164,6 +174,8 @@ struct State {
     counters: FsCounters,
     /// Bytes the files may hold in all; a write beyond fails with ENOSPC (a full disk).
     capacity: Option<usize>,
+    /// Every write fails with ENOSPC.
+    refuse_writes: bool,
 }
 
 struct Node {
@@ -199,6 +211,7 @@ impl State {
             next_ino: ROOT + 1,
             counters: FsCounters::default(),
             capacity: None,
+            refuse_writes: false,
         }
     }
 
@@ -275,6 +288,9 @@ impl State {
 
     /// ENOSPC if file `ino` growing to `len` bytes would pass the capacity.
     fn check_space(&self, ino: u64, len: usize) -> Result<(), i32> {
+        if self.refuse_writes {
+            return Err(libc::ENOSPC);
+        }
         let Some(capacity) = self.capacity else {
             return Ok(());
         };
