@@ -9,6 +9,7 @@
 //!                                  # only the folder size at those bounds, with 10 terminals
 //!     VOTEGATE_BENCH_TERMINALS=10 VOTEGATE_BENCH_STEADY=5 cargo bench --bench journal
 //!                                  # only the folder size over 5 days with nothing buffered
+//!     VOTEGATE_BENCH_APPENDS=1 cargo bench --bench journal   # only the append rows
 //!
 //! Appends go through the journal thread (group commit) exactly as in the daemon; every append
 //! is durable before it returns. Bytes written are `/proc/self/io`'s `write_bytes` (what this
@@ -95,8 +96,10 @@ struct Appended {
     peak_mib: f64,
 }
 
-/// Durable appends from `appenders` concurrent terminals, `per_appender` each, in `dir`.
-fn append_concurrently(dir: &Path, appenders: u64, per_appender: u64) -> Appended {
+/// Durable appends from `appenders` concurrent terminals, `per_appender` each, in `dir`. With
+/// `latencies`, every append is timed (16 bytes a vote of the bench's own memory: the burst row,
+/// which reports memory, does without).
+fn append_concurrently(dir: &Path, appenders: u64, per_appender: u64, latencies: bool) -> Appended {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -113,13 +116,15 @@ fn append_concurrently(dir: &Path, appenders: u64, per_appender: u64) -> Appende
                 let handle = service.handle();
                 tokio::spawn(async move {
                     let terminal = TerminalId::new(&format!("terminal-{a}")).expect("id");
-                    let mut latencies = Vec::with_capacity(per_appender as usize);
+                    let mut timed = Vec::new();
                     for n in 0..per_appender {
                         let t = Instant::now();
                         handle.append(press(&terminal, n)).await.expect("append");
-                        latencies.push(t.elapsed());
+                        if latencies {
+                            timed.push(t.elapsed());
+                        }
                     }
-                    latencies
+                    timed
                 })
             })
             .collect();
@@ -134,10 +139,17 @@ fn append_concurrently(dir: &Path, appenders: u64, per_appender: u64) -> Appende
     });
     let votes = appenders * per_appender;
     latencies.sort();
+    let quantile = |p| {
+        if latencies.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&latencies, p)
+        }
+    };
     Appended {
         votes_per_s: votes as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        p50: quantile(0.50),
+        p99: quantile(0.99),
         per_commit: votes as f64 / commits as f64,
         bytes_per_vote: (written() - before) as f64 / votes as f64,
         peak_mib: memory().1,
@@ -146,7 +158,7 @@ fn append_concurrently(dir: &Path, appenders: u64, per_appender: u64) -> Appende
 
 fn appends(appenders: u64, per_appender: u64) -> Appended {
     let dir = bench_dir();
-    append_concurrently(dir.path(), appenders, per_appender)
+    append_concurrently(dir.path(), appenders, per_appender, true)
 }
 
 /// A burst: `terminals` terminals at once put `votes` into the journal (an outage's backlog
@@ -182,7 +194,7 @@ fn phase(spec: &str) {
     let dir = Path::new(dir);
     match phase {
         "burst" => {
-            let burst = append_concurrently(dir, terminals, votes / terminals);
+            let burst = append_concurrently(dir, terminals, votes / terminals, false);
             row(
                 &format!("{terminals} terminals at once buffer {votes} votes"),
                 format!(
@@ -397,6 +409,7 @@ fn main() {
         return;
     }
     let votes = env_number("VOTEGATE_BENCH_VOTES").unwrap_or(1_000_000);
+    let only_appends = std::env::var("VOTEGATE_BENCH_APPENDS").is_ok();
     let one = appends(1, 4_000);
     row(
         "durable appends, 1 appender (one vote per fsync, a site's rate)",
@@ -422,6 +435,9 @@ fn main() {
         ),
         "≥ 20,000 votes/s",
     );
+    if only_appends {
+        return;
+    }
     burst_and_drain(256, votes);
     bounded(4 << 20, 8, 4.9);
     bounded(16 << 20, 30, 3.0);

@@ -114,8 +114,9 @@ fn is_legacy_file(name: &str) -> bool {
 }
 
 /// Removes everything in the data folder that is not the live generation `live` (or, with
-/// `None`, every generation): generations left by a crash, the temporary pointer, a converted
-/// format-1 journal's files (only when `live` is set: before, they are the journal).
+/// `None`, every generation and the block files): generations left by a crash, the temporary
+/// pointer, a converted format-1 journal's files (only when `live` is set: before, they are the
+/// journal).
 pub fn tidy(dir: &Path, live: Option<u64>) -> Result<(), StoreError> {
     let entries = std::fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
     let mut removed = false;
@@ -125,7 +126,12 @@ pub fn tidy(dir: &Path, live: Option<u64>) -> Result<(), StoreError> {
         let path = entry.path();
         let stale = match parse_generation_dir(&name) {
             Some(number) => Some(number) != live,
-            None => name == POINTER_TMP || (live.is_some() && is_legacy_file(&name)),
+            // Without a pointer, block files are a conversion's that did not finish.
+            None => {
+                name == POINTER_TMP
+                    || (live.is_some() && is_legacy_file(&name))
+                    || (live.is_none() && name == super::segments::SEGMENTS_DIR)
+            }
         };
         if stale {
             log::info!("journal: removing {}, left from before", path.display());

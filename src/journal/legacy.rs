@@ -11,8 +11,11 @@ use super::block::{self, VoteStream};
 use super::counts::Counts;
 use super::dedup::{DedupWindow, DEDUP_WINDOW};
 use super::record::{self, v1, Meta, RecordError};
+use super::segments::Segments;
 use super::store::{Store, StoreError};
-use super::{corrupt, storage, storage_of, write_generation, JournalError, Limits, Snapshot};
+use super::{
+    corrupt, segment_bytes, storage, storage_of, write_generation, JournalError, Limits, Snapshot,
+};
 use crate::model::Seq;
 
 /// Writes generation `number` from the format-1 journal in `dir`.
@@ -79,43 +82,66 @@ pub(super) fn convert(dir: &Path, number: u64, limits: &Limits) -> Result<(), Jo
         dedup: dedup.all_records(),
         counts: counts.all_records(next_seq),
     };
+    // The old votes become sealed blocks in fresh segment files (any left by an earlier attempt
+    // that crashed were removed with the rest of its leftovers).
+    let (mut segments, _) = Segments::open(dir, segment_bytes(limits), head, head)
+        .map_err(|e| storage(dir, e.into()))?;
     let mut converted = 0u64;
-    write_generation(dir, number, limits, snapshot, |emit| {
-        let mut stream = VoteStream::new();
-        let mut first: Seq = head;
-        let mut expected = head;
-        old.for_each_prefix(&[v1::VOTE_PREFIX], |key, value| {
-            let Some(seq) = v1::seq_of_vote_key(key) else {
-                return Ok(());
-            };
-            if seq != expected {
-                return Err(corrupt(
-                    dir,
-                    &format!("seq {expected}"),
-                    RecordError::Corrupt(format!(
-                        "the format-1 journal has no vote {expected} but has {seq}: cannot convert it"
-                    )),
-                ));
+    let mut stream = VoteStream::new();
+    let mut first: Seq = head;
+    let mut expected = head;
+    let mut sealed: Vec<(Seq, u64, Vec<u8>)> = Vec::new();
+    let mut flush = |sealed: &mut Vec<(Seq, u64, Vec<u8>)>| -> Result<(), JournalError> {
+        let blocks: Vec<(Seq, u64, &[u8])> = sealed
+            .iter()
+            .map(|(first, count, value)| (*first, *count, value.as_slice()))
+            .collect();
+        segments
+            .append(&blocks)
+            .map_err(|e| storage(dir, e.into()))?;
+        sealed.clear();
+        Ok(())
+    };
+    old.for_each_prefix(&[v1::VOTE_PREFIX], |key, value| {
+        let Some(seq) = v1::seq_of_vote_key(key) else {
+            return Ok(());
+        };
+        if seq != expected {
+            return Err(corrupt(
+                dir,
+                &format!("seq {expected}"),
+                RecordError::Corrupt(format!(
+                    "the format-1 journal has no vote {expected} but has {seq}: cannot convert it"
+                )),
+            ));
+        }
+        let vote = v1::decode_vote(seq, value)
+            .map_err(|cause| corrupt(dir, &format!("seq {seq}"), cause))?;
+        stream.push(&vote);
+        expected += 1;
+        converted += 1;
+        let full = stream.count() >= limits.tuning.block_votes.max(1)
+            || block::block_len(&stream) >= limits.tuning.block_bytes;
+        if full {
+            let count = stream.count() as u64;
+            sealed.push((
+                first,
+                count,
+                block::encode_block(&std::mem::take(&mut stream)),
+            ));
+            first = expected;
+            if sealed.len() >= 64 {
+                flush(&mut sealed)?;
             }
-            let vote = v1::decode_vote(seq, value)
-                .map_err(|cause| corrupt(dir, &format!("seq {seq}"), cause))?;
-            stream.push(&vote);
-            expected += 1;
-            converted += 1;
-            let full = stream.count() >= limits.tuning.block_votes.max(1)
-                || block::block_len(&stream) >= limits.tuning.block_bytes;
-            if full {
-                emit(first, block::encode_block(&std::mem::take(&mut stream)))?;
-                first = expected;
-            }
-            Ok(())
-        })
-        .map_err(storage_of(dir))?;
-        if !stream.is_empty() {
-            emit(first, block::encode_block(&stream))?;
         }
         Ok(())
-    })?;
+    })
+    .map_err(storage_of(dir))?;
+    if !stream.is_empty() {
+        sealed.push((first, stream.count() as u64, block::encode_block(&stream)));
+    }
+    flush(&mut sealed)?;
+    write_generation(dir, number, limits, snapshot)?;
     log::info!(
         data_dir:% = dir.display();
         "journal converted from format 1: {converted} buffered votes, {} duplicate-window entries, {} count records, next seq {next_seq}",

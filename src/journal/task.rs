@@ -21,6 +21,11 @@ const MAX_GROUP: usize = 128;
 /// How long the thread waits for work before making pending acks durable and retrying a closed
 /// store.
 const IDLE_TICK: Duration = Duration::from_millis(500);
+/// How long a commit may wait for the appends its predecessor had: the sources answered by one
+/// commit send their next press a few microseconds apart, and a commit that leaves half of them
+/// for the next one doubles the fsyncs (measured with 8 appenders: 5 votes per commit without the
+/// wait, 8 with it). Well below one fsync, and only ever spent when the last commit was larger.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// Votes buffered per subscriber of [`JournalService::subscribe`]; a subscriber that lags more
 /// misses votes (and is told so by the broadcast channel), it never slows the journal.
 const BROADCAST_CAPACITY: usize = 4096;
@@ -145,6 +150,7 @@ pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
         .name("journal".to_string())
         .spawn(move || {
             Committer {
+                last_appends: 0,
                 journal,
                 votes: thread_votes,
                 stats: stats_tx,
@@ -162,6 +168,8 @@ pub fn spawn(journal: Journal) -> std::io::Result<JournalService> {
 }
 
 struct Committer {
+    /// Appends in the last commit.
+    last_appends: usize,
     journal: Journal,
     votes: broadcast::Sender<Vote>,
     stats: watch::Sender<JournalStats>,
@@ -169,6 +177,31 @@ struct Committer {
 }
 
 impl Committer {
+    /// Waits up to [`GATHER_WAIT`] for as many appends as the last commit had.
+    fn gather_stragglers(&mut self, inbox: &mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+        let appends = |group: &[Request]| {
+            group
+                .iter()
+                .filter(|r| matches!(r, Request::Append { .. }))
+                .count()
+        };
+        let mut gathered = appends(group);
+        if gathered > 0 && gathered < self.last_appends {
+            let deadline = std::time::Instant::now() + GATHER_WAIT;
+            while gathered < self.last_appends && group.len() < MAX_GROUP {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match inbox.recv_timeout(left) {
+                    Ok(request) => {
+                        gathered += usize::from(matches!(request, Request::Append { .. }));
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.last_appends = gathered;
+    }
+
     fn run(mut self, inbox: mpsc::Receiver<Request>) {
         loop {
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +226,7 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            self.gather_stragglers(&inbox, &mut group);
             if let Some(reply) = self.handle_group(group) {
                 let result = self.finish();
                 let _ = reply.send(result);

@@ -123,8 +123,10 @@ fn acknowledged_votes_survive_power_cuts() {
 /// Where the appender stops itself in [`acknowledged_votes_survive_a_power_cut_at_every_step`]:
 /// each step of a commit, a checkpoint and a compaction, early and later in a run, and commits
 /// made in a new generation before anything else syncs the data folder.
-const CRASH_PLANS: [&str; 12] = [
+const CRASH_PLANS: [&str; 14] = [
     "LogRecordWritten:3",
+    "BlocksWritten:1",
+    "BlocksWritten:4",
     "CheckpointHalfway:1",
     "CheckpointWritten:2",
     "GenerationWritten:1",

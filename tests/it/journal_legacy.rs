@@ -141,7 +141,7 @@ fn check_converted(dir: &Path) {
     );
     drop(journal);
     // Only the new layout is left.
-    assert_eq!(names(dir), ["CURRENT", "gen-000001"]);
+    assert_eq!(names(dir), ["CURRENT", "blocks", "gen-000001"]);
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn tuning() -> Tuning {
         block_votes: 4,
         block_bytes: 120,
         wal_bytes: 3 * 4096,
+        segment_bytes: 512,
         batch_ops: 3,
         ..Tuning::default()
     }

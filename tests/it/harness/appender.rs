@@ -49,6 +49,7 @@ pub fn limits() -> Limits {
             block_votes: 16,
             block_bytes: 512,
             wal_bytes: 16 * 1024,
+            segment_bytes: 8 * 1024,
             batch_ops: 8,
             compact_every: Some(4),
             on_step: Some(crash_point),
