@@ -132,15 +132,7 @@ fn main() {
         .expect("tallies");
         tokio::spawn(follower);
         let registry = Arc::new(Registry::new(&terminals));
-        let status = StatusSource {
-            gateway_id: "bench".into(),
-            site: "bench".into(),
-            started: Instant::now(),
-            journal: service.stats(),
-            registry,
-            clock: clock.clone(),
-            uplink: None,
-        };
+        let status = StatusSource::new("bench", "bench", service.stats(), registry, clock.clone());
         let config = DisplayConfig {
             max_screens: 1000,
             ..DisplayConfig::default()

@@ -28,6 +28,7 @@
 //! | [`display`] | the HTTP API and the display page |
 //! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
 //! | [`status`] | the status snapshot |
+//! | [`health`] | healthy or not, and every reason why (pure) |
 //! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
@@ -49,6 +50,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod display;
+pub mod health;
 pub mod journal;
 pub mod logging;
 pub mod model;

@@ -90,6 +90,8 @@ pub struct Config {
     pub uplink: Option<crate::uplink::UplinkSettings>,
     /// Where GPIO terminals get their pins (`[gpio]`; the Pi's header by default).
     pub gpio: GpioBackend,
+    /// When faults make `/healthz` unhealthy (`unhealthy-after`, `uplink.unhealthy-after`).
+    pub health: crate::health::HealthSettings,
 }
 
 /// How terminals share a serial port (hardware/PROTOCOL.md § 1).
@@ -329,6 +331,14 @@ impl Document<'_> {
             .as_ref()
             .map(|uplink| self.uplink(uplink, &gateway_id, &site))
             .transpose()?;
+        let health = crate::health::HealthSettings {
+            terminal_after: self
+                .unhealthy_after("unhealthy-after", raw.unhealthy_after.as_ref())?,
+            uplink_after: self.unhealthy_after(
+                "uplink.unhealthy-after",
+                raw.uplink.as_ref().and_then(|u| u.unhealthy_after.as_ref()),
+            )?,
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway_id,
@@ -344,7 +354,24 @@ impl Document<'_> {
             serial_ports,
             uplink,
             gpio,
+            health,
         })
+    }
+
+    fn unhealthy_after(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(crate::health::DEFAULT_UNHEALTHY_AFTER);
+        };
+        let parsed = units::parse_duration(value.get_ref())
+            .map_err(|problem| self.invalid(key, value, problem))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&parsed) {
+            return Err(self.invalid(key, value, "must be between 1s and 24h"));
+        }
+        Ok(parsed)
     }
 
     fn id(&self, key: &str, value: &Spanned<String>) -> Result<String, ConfigError> {

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{Config, GpioBackend, SourceConfig};
 use crate::display::{self, DisplayState};
+use crate::health::SourceState;
 use crate::journal::{self, Journal, JournalError, JournalService};
 use crate::sources::registry::Registry;
 use crate::sources::serial::{self, PortContext};
@@ -22,7 +23,7 @@ use crate::sources::{gpio, simulated, Intake};
 use crate::status::StatusSource;
 use crate::uplink::task::Uplink;
 use crate::uplink::{UplinkSettings, UplinkState};
-use systemd::Notifier;
+use systemd::{Notifier, StatusNotice};
 
 pub mod systemd;
 
@@ -88,35 +89,57 @@ pub async fn run_until(
         &config.terminals,
     ));
     let registry = Arc::new(Registry::new(&config.terminals));
-    let mut status = StatusSource {
+    let (uplink_state, uplink_receiver) =
+        tokio::sync::watch::channel(UplinkState::not_configured());
+    let (_health_settings, health_receiver) = tokio::sync::watch::channel(config.health);
+    let status = StatusSource {
         gateway_id: config.gateway_id.clone(),
         site: config.site.clone(),
         started,
         journal: journal.stats(),
         registry: registry.clone(),
         clock: clock.clone(),
-        uplink: None,
+        uplink: uplink_receiver,
+        health: health_receiver,
     };
     if let Some(settings) = &config.uplink {
-        status.uplink = Some(start_uplink(
-            settings, &config, &journal, &status, &clock, &tasks, &shutdown,
-        ));
+        start_uplink(
+            settings,
+            &config,
+            &journal,
+            &status,
+            &clock,
+            &tasks,
+            &shutdown,
+            uplink_state,
+        );
     } else {
         log::warn!(
             "no [uplink] configured: votes stay in the journal (bounded by journal.max-disk-size)"
         );
     }
     start_display(
-        &config, &journal, status, listener, &clock, &tasks, &shutdown,
+        &config,
+        &journal,
+        status.clone(),
+        listener,
+        &clock,
+        &tasks,
+        &shutdown,
     )
     .await?;
     let sources = spawn_sources(&config, &intake, &registry, &clock, &shutdown)?;
     log::info!(terminals = config.terminals.len(); "votegate running");
     let notifier = Arc::new(Notifier::from_env());
-    notifier.notify(&format!(
-        "READY=1\nSTATUS=running: {} terminals, {} votes waiting for upload",
-        config.terminals.len(),
-        journal.stats().borrow().depth
+    let mut notice = StatusNotice::default();
+    let first = status.snapshot();
+    notice.due(&first, tokio::time::Instant::now());
+    notifier.notify(&format!("READY=1\nSTATUS={}", StatusNotice::line(&first)));
+    tasks.spawn(report_status(
+        notifier.clone(),
+        notice,
+        status,
+        shutdown.clone(),
     ));
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.spawn(feed_watchdog(
@@ -176,6 +199,27 @@ async fn start_display(
     Ok(())
 }
 
+/// Keeps systemd's `STATUS=` current: sent when the health or the connections change, and at
+/// least every [`systemd::STATUS_REFRESH`].
+async fn report_status(
+    notifier: Arc<Notifier>,
+    mut notice: StatusNotice,
+    status: StatusSource,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(systemd::STATUS_CHECK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot = status.snapshot();
+        if notice.due(&snapshot, tokio::time::Instant::now()) {
+            notifier.notify(&format!("STATUS={}", StatusNotice::line(&snapshot)));
+        }
+    }
+}
+
 /// Sends `WATCHDOG=1` every `interval` while the journal thread shows signs of life; a wedged
 /// journal (stuck in fsync on a dying SD card, say) stops the pings and systemd restarts us.
 async fn feed_watchdog(
@@ -203,7 +247,8 @@ async fn feed_watchdog(
     }
 }
 
-/// Starts the MQTT uplink; returns its state for the status.
+/// Starts the MQTT uplink, reporting on `state`.
+#[allow(clippy::too_many_arguments)]
 fn start_uplink(
     settings: &UplinkSettings,
     config: &Config,
@@ -212,9 +257,10 @@ fn start_uplink(
     clock: &Arc<dyn Clock>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> tokio::sync::watch::Receiver<UplinkState> {
+    state: tokio::sync::watch::Sender<UplinkState>,
+) {
     let telemetry_source = status.clone();
-    let (uplink, state) = Uplink::new(
+    let uplink = Uplink::new(
         settings.clone(),
         &config.gateway_id,
         &config.site,
@@ -222,13 +268,13 @@ fn start_uplink(
         journal.stats(),
         clock.clone(),
         Arc::new(move || telemetry_source.telemetry()),
+        state,
     );
     log::info!(
         broker:% = format!("{}:{}", settings.host, settings.port), topic:% = settings.topic_prefix, tls = settings.tls.is_some();
         "uplink configured"
     );
     tasks.spawn(uplink.run(shutdown.clone()));
-    state
 }
 
 /// Starts one task per simulated terminal, per serial port and per GPIO terminal.
@@ -270,7 +316,18 @@ fn spawn_sources(
         })
         .collect();
     if !gpio_terminals.is_empty() {
-        if let Some(header) = open_gpio_header(&config.gpio, &sources, shutdown)? {
+        let header = open_gpio_header(&config.gpio, &sources, shutdown)?;
+        if let Err(error) = &header {
+            for (id, _) in &gpio_terminals {
+                registry.source(
+                    id,
+                    SourceState::Failed {
+                        error: error.clone(),
+                    },
+                );
+            }
+        }
+        if let Ok(header) = header {
             let context = gpio::GpioContext {
                 intake: intake.clone(),
                 registry: registry.clone(),
@@ -292,24 +349,26 @@ fn spawn_sources(
 }
 
 /// The GPIO header the config asks for. The Pi's header failing to open (not a Pi, no
-/// permission) is logged and leaves the GPIO terminals offline: the other terminals go on.
+/// permission) is logged and returned as the inner error: the GPIO terminals stay offline (and
+/// make the gateway unhealthy), the other terminals go on.
+#[allow(clippy::type_complexity)]
 fn open_gpio_header(
     backend: &GpioBackend,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<Option<Arc<dyn gpio::pins::Header>>, DaemonError> {
+) -> Result<Result<Arc<dyn gpio::pins::Header>, String>, DaemonError> {
     match backend {
         GpioBackend::Header => match gpio::pins::RppalHeader::open() {
-            Ok(header) => Ok(Some(Arc::new(header))),
+            Ok(header) => Ok(Ok(Arc::new(header))),
             Err(err) => {
                 log::error!("GPIO terminals not started: {err}");
-                Ok(None)
+                Ok(Err(err.to_string()))
             }
         },
         GpioBackend::Simulated { socket } => {
             let header = Arc::new(gpio::pins::SimulatedHeader::default());
             tasks.spawn(header.clone().serve(socket, shutdown.clone())?);
-            Ok(Some(header))
+            Ok(Ok(header))
         }
     }
 }

@@ -8,8 +8,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::DisplayState;
+use crate::health::ReasonKind;
 use crate::status::StatusSnapshot;
 use crate::tallies::TalliesSnapshot;
+use crate::uplink::Connection;
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<DisplayState>) -> Response {
@@ -69,7 +71,7 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
     out.sample(
         "votegate_info",
         &[
-            ("version", status.version),
+            ("version", &status.version),
             ("gateway", &status.gateway_id),
             ("site", &status.site),
         ],
@@ -81,6 +83,25 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         "Seconds since the daemon started.",
         status.uptime_s,
     );
+    out.single(
+        "votegate_healthy",
+        "gauge",
+        "1 when /healthz answers 200, 0 when it lists reasons.",
+        u8::from(status.healthy),
+    );
+    out.family(
+        "votegate_unhealthy_reasons",
+        "gauge",
+        "Reasons /healthz lists now, per kind (a terminal_offline per terminal).",
+    );
+    for kind in ReasonKind::ALL {
+        let count = status.health.iter().filter(|r| r.kind() == kind).count();
+        out.sample(
+            "votegate_unhealthy_reasons",
+            &[("reason", kind.label())],
+            count,
+        );
+    }
     out.single(
         "votegate_clock_synced",
         "gauge",
@@ -213,7 +234,7 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         "votegate_uplink_connected",
         "gauge",
         "1 while connected to the MQTT broker.",
-        u8::from(status.uplink.state == "connected"),
+        u8::from(status.uplink.state == Connection::Connected),
     );
     out.single(
         "votegate_screens_connected",

@@ -9,6 +9,7 @@ mod config_files;
 mod display;
 mod gpio;
 mod harness;
+mod health;
 mod journal_crash;
 mod journal_model;
 mod package;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::config::{PortMode, SerialPortConfig};
+use crate::health::SourceState;
 use crate::model::{Button, TerminalId};
 use crate::sources::registry::{Registry, SourceCounters};
 use crate::sources::{Intake, PressEvent};
@@ -131,6 +132,9 @@ pub async fn run_port(port: SerialPortConfig, ctx: PortContext, shutdown: Cancel
             Ok(stream) => {
                 log::info!(port:% = ctx.port, baud = port.baud, terminals = port.terminals.len(); "serial port open ({:?} mode)", port.mode);
                 backoff.reset();
+                for (_, terminal) in &port.terminals {
+                    ctx.registry.source(terminal, SourceState::Running);
+                }
                 let mut link = Link::new(stream);
                 let result = match port.mode {
                     PortMode::Point => match port.terminals.first() {
@@ -156,6 +160,14 @@ pub async fn run_port(port: SerialPortConfig, ctx: PortContext, shutdown: Cancel
             Err(err) => {
                 if backoff.failures() % 20 == 0 {
                     log::warn!(port:% = ctx.port; "{err}; retrying");
+                }
+                for (_, terminal) in &port.terminals {
+                    ctx.registry.source(
+                        terminal,
+                        SourceState::Retrying {
+                            error: err.to_string(),
+                        },
+                    );
                 }
             }
         }
