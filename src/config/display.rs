@@ -66,6 +66,27 @@ impl Document<'_> {
             },
             None => defaults.max_screens,
         };
+        let max_connections = match &raw.max_connections {
+            Some(value) => match usize::try_from(*value.get_ref()) {
+                Ok(n @ 16..=20_000) if n > max_screens => n,
+                Ok(n @ 16..=20_000) => {
+                    return Err(self.invalid(
+                        "display.max-connections",
+                        value,
+                        format!("must be above display.max-screens ({max_screens}), so that /healthz and the API stay reachable with every screen connected; found {n}"),
+                    ))
+                }
+                _ => {
+                    return Err(self.invalid(
+                        "display.max-connections",
+                        value,
+                        format!("must be 16 to 20000, found {}", value.get_ref()),
+                    ))
+                }
+            },
+            None if max_screens < defaults.max_connections => defaults.max_connections,
+            None => max_screens + defaults.max_connections,
+        };
         let allowed_origins = match &raw.allowed_origins {
             Some(origins) => {
                 for origin in origins.get_ref() {
@@ -88,6 +109,7 @@ impl Document<'_> {
             title,
             day_start,
             max_screens,
+            max_connections,
             allowed_origins,
         })
     }

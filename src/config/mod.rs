@@ -125,6 +125,10 @@ pub struct SerialPortConfig {
 /// Where the HTTP API listens when the config does not say: this machine only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// `display.max-connections` when the config does not say: well under the unit's
+/// `LimitNOFILE=4096`, which also covers the journal, serial ports and the broker.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
 /// Settings of the display page and the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayConfig {
@@ -134,6 +138,8 @@ pub struct DisplayConfig {
     pub day_start: jiff::civil::Time,
     /// Most screens (server-sent event streams) served at once.
     pub max_screens: usize,
+    /// Most HTTP connections open at once (more get 503); above `max_screens`.
+    pub max_connections: usize,
     /// Origins allowed by CORS (`*` = any), for screens served from elsewhere.
     pub allowed_origins: Vec<String>,
 }
@@ -144,6 +150,7 @@ impl Default for DisplayConfig {
             title: "How was your visit today?".to_string(),
             day_start: jiff::civil::Time::midnight(),
             max_screens: 64,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: vec!["*".to_string()],
         }
     }

@@ -73,6 +73,7 @@ pub(super) struct RawDisplay {
     pub title: Option<Spanned<String>>,
     pub day_starts_at: Option<Spanned<String>>,
     pub max_screens: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
     pub allowed_origins: Option<Spanned<Vec<String>>>,
 }
 

@@ -27,6 +27,10 @@ use systemd::{Notifier, StatusNotice};
 
 pub mod systemd;
 
+/// File descriptors kept free for everything but HTTP connections (journal, serial ports,
+/// broker, GPIO), checked against the open-files limit at start.
+const FILES_BESIDES_HTTP: u64 = 128;
+
 /// How long sources get to finish after shutdown begins.
 const SOURCE_GRACE: Duration = Duration::from_secs(2);
 
@@ -186,17 +190,44 @@ async fn start_display(
     )
     .await?;
     tasks.spawn(follower);
-    let state = DisplayState::new(tallies, status, &config.display, shutdown.clone());
-    let router = display::router(state, &config.display.allowed_origins);
+    let (_display_settings, settings) = tokio::sync::watch::channel(config.display.clone());
+    let state = DisplayState::new(tallies, status, settings.clone(), shutdown.clone());
+    let gate = state.connections.clone();
+    let router = display::router(state);
     let bound = listener.local_addr().unwrap_or(config.listen);
-    log::info!(listen:% = bound; "display and HTTP API on http://{bound}/");
+    log::info!(
+        listen:% = bound, max_connections = config.display.max_connections;
+        "display and HTTP API on http://{bound}/"
+    );
+    warn_if_few_files(config.display.max_connections);
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(err) = display::serve(listener, router, shutdown).await {
+        if let Err(err) = display::serve(listener, router, gate, settings, shutdown).await {
             log::error!("HTTP server stopped: {err}");
         }
     });
     Ok(())
+}
+
+/// Warns when the open-files limit leaves too little room above `display.max-connections` (the
+/// unit sets `LimitNOFILE=4096`; a shell's default is often 1024).
+fn warn_if_few_files(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = max_connections as u64 + FILES_BESIDES_HTTP;
+    if limit.rlim_cur < needed {
+        log::warn!(
+            "the open-files limit ({}) is below display.max-connections ({max_connections}) + {FILES_BESIDES_HTTP}: \
+             under many connections the gateway could run out of files; lower display.max-connections or raise LimitNOFILE",
+            limit.rlim_cur
+        );
+    }
 }
 
 /// Keeps systemd's `STATUS=` current: sent when the health or the connections change, and at

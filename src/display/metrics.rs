@@ -17,7 +17,12 @@ use crate::uplink::Connection;
 pub async fn metrics(State(state): State<DisplayState>) -> Response {
     let status = state.status.snapshot();
     let tallies = state.tallies.snapshot.borrow().clone();
-    let text = render(&status, &tallies, state.screens_connected());
+    let http = HttpCounts {
+        screens: state.screens_connected(),
+        connections: state.connections.open(),
+        refused: state.connections.refused(),
+    };
+    let text = render(&status, &tallies, &http);
     (
         [(
             header::CONTENT_TYPE,
@@ -60,8 +65,19 @@ impl Exposition {
     }
 }
 
+/// The HTTP server's own counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpCounts {
+    /// Event streams open.
+    pub screens: usize,
+    /// Connections open.
+    pub connections: usize,
+    /// Connections refused (display.max-connections) since start.
+    pub refused: u64,
+}
+
 /// The exposition text.
-pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize) -> String {
+pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, http: &HttpCounts) -> String {
     let mut out = Exposition(String::new());
     out.family(
         "votegate_info",
@@ -240,7 +256,19 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         "votegate_screens_connected",
         "gauge",
         "Screens receiving the live event stream.",
-        screens,
+        http.screens,
+    );
+    out.single(
+        "votegate_http_connections",
+        "gauge",
+        "HTTP connections open (display.max-connections bounds them).",
+        http.connections,
+    );
+    out.single(
+        "votegate_http_connections_refused_total",
+        "counter",
+        "HTTP connections answered 503 because display.max-connections were open, since start.",
+        http.refused,
     );
     out.single(
         "votegate_terminals_online",

@@ -78,7 +78,7 @@ pub async fn start(
     tallies.load(&counts);
     let now = now_ms(&*clock);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(tallies.snapshot(now)));
-    let feed = Arc::new(LiveFeed::new());
+    let feed = Arc::new(LiveFeed::new(next_seq));
     let output = TalliesOutput {
         snapshot,
         feed: feed.clone(),

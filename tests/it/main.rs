@@ -10,6 +10,7 @@ mod display;
 mod gpio;
 mod harness;
 mod health;
+mod http_limits;
 mod journal_crash;
 mod journal_model;
 mod package;

@@ -42,6 +42,11 @@ fn the_unit_is_a_hardened_notify_service_with_a_watchdog() {
     assert_eq!(one("Type"), "notify");
     assert_eq!(one("NotifyAccess"), "main");
     assert_eq!(one("WatchdogSec"), "30s");
+    let files: usize = one("LimitNOFILE").parse().expect("a number");
+    assert!(
+        files >= 4 * votegate::config::DEFAULT_MAX_CONNECTIONS,
+        "LimitNOFILE={files} leaves too little room above display.max-connections"
+    );
     assert_eq!(one("Restart"), "on-failure");
     assert_eq!(one("User"), "votegate");
     assert_eq!(one("StateDirectory"), "votegate");
