@@ -123,6 +123,21 @@ impl StatusNotice {
     }
 }
 
+/// `CLOCK_MONOTONIC` in µs, for `MONOTONIC_USEC=` next to `RELOADING=1` (sd_notify(3)).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000 + nanos / 1000
+}
+
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, if systemd set a watchdog for us.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;

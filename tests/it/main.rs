@@ -15,6 +15,7 @@ mod journal_crash;
 mod journal_model;
 mod package;
 mod protocol_spec;
+mod reload;
 mod serial;
 mod soak;
 mod systemd;

@@ -60,6 +60,7 @@ fn the_unit_is_a_hardened_notify_service_with_a_watchdog() {
         one("ExecStart"),
         "/usr/bin/votegate run --config /etc/votegate/votegate.toml"
     );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(
         one("ExecStartPre"),
         "/usr/bin/votegate check --offline --config /etc/votegate/votegate.toml",
