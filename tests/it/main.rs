@@ -4,6 +4,7 @@
 
 mod architecture;
 mod browser;
+mod bus;
 mod cli;
 mod config_files;
 mod display;
