@@ -25,7 +25,7 @@ use crate::model::{Button, TerminalId};
 use crate::sources::registry::{Registry, SourceCounters};
 use crate::sources::{Intake, PressEvent};
 use crate::throttle::Throttle;
-use frame::{Message, NackReason, VoteMessage, PROTOCOL_VERSION};
+use frame::{Message, NackReason, VoteMessage, MAX_FIRMWARE_LEN, PROTOCOL_VERSION};
 use link::Link;
 
 /// First delay before reopening a lost port; doubles up to [`REOPEN_CAP`].
@@ -130,7 +130,19 @@ impl PortContext {
     async fn answer(&self, terminal: &TerminalId, message: Message) -> Option<Message> {
         self.seen(terminal);
         match message {
-            Message::Hello(hello) => {
+            Message::Hello(mut hello) => {
+                if hello.firmware.len() > MAX_FIRMWARE_LEN {
+                    let mut cut = MAX_FIRMWARE_LEN;
+                    while !hello.firmware.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    log::warn!(
+                        terminal:% = terminal, port:% = self.port;
+                        "the terminal's firmware string is {} bytes, over the protocol's 16: keeping {:?}",
+                        hello.firmware.len(), &hello.firmware[..cut]
+                    );
+                    hello.firmware.truncate(cut);
+                }
                 log::info!(
                     terminal:% = terminal, port:% = self.port, firmware:% = hello.firmware, protocol = hello.protocol;
                     "terminal said hello"

@@ -9,6 +9,7 @@ pub mod powercut_fs;
 pub mod proxy;
 pub mod pty;
 pub mod subscriber;
+pub mod terminal;
 pub mod votes;
 
 use std::path::{Path, PathBuf};
