@@ -140,7 +140,13 @@ pub async fn run_until(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(()) = reloads.recv() => daemon.reload().await,
+            Some(()) = reloads.recv() => {
+                // SIGTERM during a reload stops at once: every task is a child of `shutdown`.
+                tokio::select! {
+                    _ = daemon.reload() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
         }
     }
     log::info!("shutting down");
@@ -429,6 +435,10 @@ impl Daemon {
             if let Some(spec) = specs.get(key) {
                 if let Err(err) = self.start_unit(key.clone(), spec) {
                     log::error!("{key} not started: {err}");
+                    if let UnitKey::Gpio(id) = key {
+                        let error = err.to_string();
+                        self.registry.source(id, SourceState::Failed { error });
+                    }
                 }
             }
         }
