@@ -132,27 +132,24 @@ fn main() {
         .expect("tallies");
         tokio::spawn(follower);
         let registry = Arc::new(Registry::new(&terminals));
-        let status = StatusSource {
-            gateway_id: "bench".into(),
-            site: "bench".into(),
-            started: Instant::now(),
-            journal: service.stats(),
-            registry,
-            clock: clock.clone(),
-            uplink: None,
-        };
+        let status = StatusSource::new("bench", "bench", service.stats(), registry, clock.clone());
         let config = DisplayConfig {
             max_screens: 1000,
+            max_connections: 2000,
             ..DisplayConfig::default()
         };
-        let state = DisplayState::new(tallies, status, &config, shutdown.clone());
+        let settings = tokio::sync::watch::channel(config.clone()).1;
+        let state = DisplayState::new(tallies, status, settings.clone(), shutdown.clone());
+        let gate = state.connections.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(display::serve(
             listener,
-            display::router(state, &config.allowed_origins),
+            display::router(state),
+            gate,
+            settings,
             shutdown.clone(),
         ));
         let intake = Arc::new(Intake::new(service.handle(), clock.clone(), &terminals));

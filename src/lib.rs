@@ -28,15 +28,17 @@
 //! | [`display`] | the HTTP API and the display page |
 //! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
 //! | [`status`] | the status snapshot |
+//! | [`health`] | healthy or not, and every reason why (pure) |
 //! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
 //! | [`logging`] | operator logs with structured fields |
+//! | [`throttle`] | at most one log line per interval for a repeating event |
 //!
 //! ## Dependency rule
 //! Checked by `tests/it/architecture.rs`, which scans `src/`:
 //! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`,
-//!   rumqttc and rustls only in `uplink/mqtt.rs`, axum only in `display/`;
+//!   rumqttc and rustls only in `uplink/mqtt.rs`, axum and hyper only in `display/`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`,
@@ -49,10 +51,12 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod display;
+pub mod health;
 pub mod journal;
 pub mod logging;
 pub mod model;
 pub mod sources;
 pub mod status;
 pub mod tallies;
+pub mod throttle;
 pub mod uplink;

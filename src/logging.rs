@@ -25,30 +25,25 @@ pub enum Destination {
 /// Installs the logger. `configured` applies unless `VOTEGATE_LOG` names a valid level. Returns
 /// the level in force and the destination. Calling it twice keeps the first logger.
 pub fn init(configured: LevelFilter) -> (LevelFilter, Destination) {
+    let (logger, destination): (Box<dyn Log>, Destination) = match journal() {
+        Some(journal) => (Box::new(Filtered { inner: journal }), Destination::Journal),
+        None => (Box::new(Filtered { inner: Stderr }), Destination::Stderr),
+    };
+    if log::set_boxed_logger(logger).is_ok() {
+        return (set_level(configured), destination);
+    }
+    (log::max_level(), destination)
+}
+
+/// Applies the configured level (a reload), unless `VOTEGATE_LOG` overrides it. Returns the
+/// level in force.
+pub fn set_level(configured: LevelFilter) -> LevelFilter {
     let level = std::env::var(LEVEL_ENV)
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(configured);
-    let (logger, destination): (Box<dyn Log>, Destination) = match journal() {
-        Some(journal) => (
-            Box::new(Filtered {
-                level,
-                inner: journal,
-            }),
-            Destination::Journal,
-        ),
-        None => (
-            Box::new(Filtered {
-                level,
-                inner: Stderr,
-            }),
-            Destination::Stderr,
-        ),
-    };
-    if log::set_boxed_logger(logger).is_ok() {
-        log::set_max_level(level);
-    }
-    (level, destination)
+    log::set_max_level(level);
+    level
 }
 
 fn journal() -> Option<systemd_journal_logger::JournalLog> {
@@ -59,17 +54,18 @@ fn journal() -> Option<systemd_journal_logger::JournalLog> {
     Some(journal.with_syslog_identifier("votegate".to_string()))
 }
 
-/// Our records from `level` up, other crates' from WARN up (or everything at TRACE).
+/// Our records from the level in force (`log::max_level`) up, other crates' from WARN up (or
+/// everything at TRACE).
 struct Filtered<L> {
-    level: LevelFilter,
     inner: L,
 }
 
 impl<L: Log> Log for Filtered<L> {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        let level = log::max_level();
         let ours = metadata.target().starts_with("votegate");
-        metadata.level() <= self.level
-            && (ours || metadata.level() <= log::Level::Warn || self.level == LevelFilter::Trace)
+        metadata.level() <= level
+            && (ours || metadata.level() <= log::Level::Warn || level == LevelFilter::Trace)
     }
 
     fn log(&self, record: &Record<'_>) {

@@ -1,21 +1,23 @@
 //! The gateway's status, assembled on demand from what each part publishes: the journal's
-//! counters, the sources' terminal registry, the clock. Serves `GET /api/v1/status`,
-//! `GET /healthz`, `GET /metrics` and `votegate status`.
+//! counters, the sources' terminal registry, the uplink's state, the clock, and from them the
+//! health ([`crate::health`]). Serves `GET /api/v1/status`, `GET /healthz`, `GET /metrics`,
+//! systemd's `STATUS=` and `votegate status`, which deserialises the same [`StatusSnapshot`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::health::{self, HealthReason, HealthSettings, JournalFacts};
 use crate::journal::JournalStats;
 use crate::model::TerminalId;
 use crate::sources::registry::{Registry, TerminalStatus};
 use crate::tallies::rfc3339_utc;
-use crate::uplink::UplinkState;
+use crate::uplink::{Connection, FaultKind, UplinkState};
 
 /// Where the status comes from.
 #[derive(Clone)]
@@ -32,15 +34,40 @@ pub struct StatusSource {
     pub registry: Arc<Registry>,
     /// Clocks.
     pub clock: Arc<dyn Clock>,
-    /// The uplink's state, if an uplink is configured.
-    pub uplink: Option<watch::Receiver<UplinkState>>,
+    /// The uplink's state (`not-configured` without `[uplink]`).
+    pub uplink: watch::Receiver<UplinkState>,
+    /// When faults make the gateway unhealthy (reloadable).
+    pub health: watch::Receiver<HealthSettings>,
+}
+
+impl StatusSource {
+    /// A status source without an uplink and with the default health settings (benchmarks,
+    /// tests); the daemon replaces `uplink` and `health` with its own channels.
+    pub fn new(
+        gateway_id: &str,
+        site: &str,
+        journal: watch::Receiver<JournalStats>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+    ) -> StatusSource {
+        StatusSource {
+            gateway_id: gateway_id.to_string(),
+            site: site.to_string(),
+            started: Instant::now(),
+            journal,
+            registry,
+            clock,
+            uplink: watch::channel(UplinkState::not_configured()).1,
+            health: watch::channel(HealthSettings::default()).1,
+        }
+    }
 }
 
 /// The status document.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusSnapshot {
     /// votegate's version.
-    pub version: &'static str,
+    pub version: String,
     /// This gateway's id.
     pub gateway_id: String,
     /// Its site.
@@ -51,6 +78,10 @@ pub struct StatusSnapshot {
     pub now: String,
     /// Whether the system clock is NTP-synchronised.
     pub clock_synced: bool,
+    /// True when nothing below needs an operator.
+    pub healthy: bool,
+    /// Why not, one entry per reason (empty when healthy).
+    pub health: Vec<HealthReason>,
     /// The journal.
     pub journal: JournalStatus,
     /// The uplink (MQTT) state.
@@ -64,7 +95,7 @@ pub struct StatusSnapshot {
 }
 
 /// The journal part of the status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JournalStatus {
     /// False while the journal's storage is failing.
     pub available: bool,
@@ -93,14 +124,18 @@ pub struct JournalStatus {
 }
 
 /// The uplink part of the status.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UplinkStatus {
     /// `not-configured` (no `[uplink]` table), `connecting`, `connected` or `disconnected`.
-    pub state: &'static str,
+    pub state: Connection,
     /// When the broker last acknowledged a batch (RFC 3339), if ever.
     pub last_upload: Option<String>,
     /// The last connection problem.
     pub last_error: Option<String>,
+    /// Whether that problem needs a change of configuration or only time.
+    pub last_error_fault: Option<FaultKind>,
+    /// For how long nothing has been delivered, seconds (`None` while delivering).
+    pub undelivered_for_s: Option<u64>,
     /// Votes the broker acknowledged since start.
     pub votes_acked: u64,
     /// Connections made since start.
@@ -108,7 +143,7 @@ pub struct UplinkStatus {
 }
 
 /// Source counters since start.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct SourceCountersSnapshot {
     /// Valid serial frames.
     pub frames: u64,
@@ -137,13 +172,27 @@ impl StatusSource {
         let stats = self.journal.borrow().clone();
         let terminals = self.registry.snapshot();
         let counters = &self.registry.counters;
+        let uplink = self.uplink.borrow().clone();
+        let settings = *self.health.borrow();
+        let facts = JournalFacts {
+            available: stats.available,
+            depth: stats.depth,
+            charged_bytes: stats.charged_bytes,
+            max_disk_bytes: stats.max_disk_bytes,
+        };
+        let monotonic = tokio::time::Instant::now();
+        let reasons = self.registry.with_health_facts(|terminals| {
+            health::assess(&settings, &facts, &uplink, terminals, monotonic)
+        });
         StatusSnapshot {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             gateway_id: self.gateway_id.clone(),
             site: self.site.clone(),
             uptime_s: self.started.elapsed().as_secs(),
             now: rfc3339_utc(i64::try_from(now.wall_ms).unwrap_or(i64::MAX)),
             clock_synced: now.synced,
+            healthy: reasons.is_empty(),
+            health: reasons,
             journal: JournalStatus {
                 available: stats.available,
                 depth: stats.depth,
@@ -160,7 +209,7 @@ impl StatusSource {
                 charged_bytes: stats.charged_bytes,
                 max_disk_bytes: stats.max_disk_bytes,
             },
-            uplink: self.uplink_status(),
+            uplink: uplink_status(&uplink, monotonic),
             terminals_online: terminals.values().filter(|t| t.online).count(),
             terminals,
             sources: SourceCountersSnapshot {
@@ -178,31 +227,24 @@ impl StatusSource {
     }
 }
 
-impl StatusSource {
-    fn uplink_status(&self) -> UplinkStatus {
-        match &self.uplink {
-            None => UplinkStatus {
-                state: "not-configured",
-                last_upload: None,
-                last_error: None,
-                votes_acked: 0,
-                connections: 0,
-            },
-            Some(receiver) => {
-                let state = receiver.borrow().clone();
-                UplinkStatus {
-                    state: state.state,
-                    last_upload: state
-                        .last_upload_ms
-                        .map(|ms| rfc3339_utc(i64::try_from(ms).unwrap_or(i64::MAX))),
-                    last_error: state.last_error,
-                    votes_acked: state.votes_acked,
-                    connections: state.connections,
-                }
-            }
-        }
+fn uplink_status(state: &UplinkState, now: tokio::time::Instant) -> UplinkStatus {
+    UplinkStatus {
+        state: state.connection,
+        last_upload: state
+            .last_upload_ms
+            .map(|ms| rfc3339_utc(i64::try_from(ms).unwrap_or(i64::MAX))),
+        last_error: state.last_error.as_ref().map(ToString::to_string),
+        last_error_fault: state.last_error.as_ref().map(|e| e.fault()),
+        undelivered_for_s: (state.connection != Connection::NotConfigured)
+            .then_some(state.undelivered_since)
+            .flatten()
+            .map(|since| now.saturating_duration_since(since).as_secs()),
+        votes_acked: state.votes_acked,
+        connections: state.connections,
     }
+}
 
+impl StatusSource {
     /// The `{prefix}/telemetry` payload: the health facts cloud monitoring needs.
     pub fn telemetry(&self) -> Vec<u8> {
         let status = self.snapshot();
@@ -213,6 +255,8 @@ impl StatusSource {
             "ts": status.now,
             "uptime_s": status.uptime_s,
             "clock_synced": status.clock_synced,
+            "healthy": status.healthy,
+            "health": status.health.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "journal_depth": status.journal.depth,
             "oldest_unsent_age_s": status.journal.oldest_unsent_age_s,
             "dropped": status.journal.dropped,
@@ -227,20 +271,11 @@ impl StatusSource {
 }
 
 impl StatusSnapshot {
-    /// `Ok` when the daemon is healthy, else the reason (for `GET /healthz`). A network outage is
-    /// not unhealthy: the gateway is built to ride it out.
-    pub fn health(&self) -> Result<(), String> {
-        if !self.journal.available {
-            return Err("journal storage is failing (see the log); votes cannot be stored".into());
+    /// The `GET /healthz` body: `ok`, or one line per reason.
+    pub fn health_text(&self) -> String {
+        if self.health.is_empty() {
+            return "ok\n".to_string();
         }
-        if self.journal.max_disk_bytes > 0
-            && self.journal.charged_bytes >= self.journal.max_disk_bytes
-        {
-            return Err(format!(
-                "journal is full ({} votes buffered): votes are being dropped or refused",
-                self.journal.depth
-            ));
-        }
-        Ok(())
+        self.health.iter().map(|r| format!("{r}\n")).collect()
     }
 }

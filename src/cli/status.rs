@@ -1,6 +1,7 @@
 //! `votegate status [--url URL]`: asks a running daemon's HTTP API for its status and today's
-//! tallies and prints them for a terminal window. Exit 1 when the daemon is unreachable or
-//! reports itself unhealthy (`/healthz`).
+//! tallies and prints them for a terminal window, health reasons first. The documents are read
+//! into the daemon's own types ([`StatusSnapshot`], [`TalliesSnapshot`]), so a renamed field is
+//! an error here, not a silent zero. Exit 1 when the daemon is unreachable or unhealthy.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -8,9 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::Value;
 
 use super::{UsageError, EXIT_FAILED};
+use crate::health::SourceState;
+use crate::status::StatusSnapshot;
+use crate::tallies::{Counts, TalliesSnapshot};
+use crate::uplink::Connection;
 
 /// Where the daemon listens by default (config key `listen`).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -19,13 +23,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Prints the status of the daemon at `url`.
 pub fn status(url: &str) -> anyhow::Result<ExitCode> {
     let host = parse_url(url)?;
-    let status: Value =
-        serde_json::from_str(&get(&host, "/api/v1/status")?.1).context("the status is not JSON")?;
-    let tallies: Value = serde_json::from_str(&get(&host, "/api/v1/tallies")?.1)
-        .context("the tallies are not JSON")?;
-    let (health_code, health) = get(&host, "/healthz")?;
-    print!("{}", render(&status, &tallies, health.trim()));
-    Ok(if health_code == 200 {
+    let status: StatusSnapshot = serde_json::from_str(&get(&host, "/api/v1/status")?.1)
+        .context("the daemon's status does not read as this version's status document")?;
+    let tallies: TalliesSnapshot = serde_json::from_str(&get(&host, "/api/v1/tallies")?.1)
+        .context("the daemon's tallies do not read as this version's tallies document")?;
+    print!("{}", render(&status, &tallies));
+    Ok(if status.healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
@@ -97,7 +100,7 @@ fn get(host: &str, path: &str) -> anyhow::Result<(u16, String)> {
             reader.read_to_end(&mut body)?;
         }
     }
-    if code != 200 && path != "/healthz" {
+    if code != 200 {
         bail!("http://{host}{path} answered {code}");
     }
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
@@ -111,125 +114,130 @@ fn ago(seconds: u64) -> String {
     }
 }
 
-fn counts_line(name: &str, counts: &Value) -> String {
-    let n = |key: &str| counts[key].as_u64().unwrap_or(0);
-    let score = |key: &str, unit: &str| match counts[key].as_f64() {
+fn counts_line(name: &str, counts: &Counts) -> String {
+    let score = |value: Option<f64>, unit: &str| match value {
         Some(value) => format!("{value:.0}{unit}"),
         None => "–".to_string(),
     };
     format!(
         "  {name:<14} {:>5} votes   1:{:<4} 2:{:<4} 3:{:<4} 4:{:<4} positive {:>5}   happy index {:>3}\n",
-        n("total"),
-        n("very_unhappy"),
-        n("unhappy"),
-        n("happy"),
-        n("very_happy"),
-        score("positive_pct", " %"),
-        score("happy_index", "")
+        counts.total(),
+        counts.0[0],
+        counts.0[1],
+        counts.0[2],
+        counts.0[3],
+        score(counts.positive_pct(), " %"),
+        score(counts.happy_index(), "")
     )
 }
 
 /// The text report.
-pub fn render(status: &Value, tallies: &Value, health: &str) -> String {
+pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot) -> String {
     let mut out = String::new();
-    let uptime = status["uptime_s"].as_u64().unwrap_or(0);
+    let uptime = status.uptime_s;
     out.push_str(&format!(
         "votegate {} on {} (site {}), up {}h {:02}m, {}\n",
-        status["version"].as_str().unwrap_or("?"),
-        status["gateway_id"].as_str().unwrap_or("?"),
-        status["site"].as_str().unwrap_or("?"),
+        status.version,
+        status.gateway_id,
+        status.site,
         uptime / 3600,
         uptime % 3600 / 60,
-        if health == "ok" {
-            "healthy".to_string()
+        if status.healthy {
+            "healthy"
         } else {
-            format!("UNHEALTHY: {health}")
+            "UNHEALTHY:"
         }
     ));
-    let synced = status["clock_synced"].as_bool().unwrap_or(false);
+    for reason in &status.health {
+        out.push_str(&format!("  - {reason}\n"));
+    }
     out.push_str(&format!(
         "clock      {}\n",
-        if synced {
+        if status.clock_synced {
             "NTP-synchronised"
         } else {
             "NOT synchronised"
         }
     ));
-    let journal = &status["journal"];
-    let oldest = journal["oldest_unsent_age_s"]
-        .as_u64()
-        .map(|s| {
-            format!(
-                ", oldest {}",
-                ago(s).trim_end_matches(" ago").to_string() + " old"
-            )
-        })
+    let journal = &status.journal;
+    let oldest = journal
+        .oldest_unsent_age_s
+        .map(|s| format!(", oldest {} old", ago(s).trim_end_matches(" ago")))
         .unwrap_or_default();
     out.push_str(&format!(
-        "journal    {} votes waiting for upload{oldest}; {} dropped ever; {} accepted since start\n",
-        journal["depth"].as_u64().unwrap_or(0),
-        journal["dropped"].as_u64().unwrap_or(0),
-        journal["accepted"].as_u64().unwrap_or(0)
+        "journal    {} votes waiting for upload{oldest}; {} dropped ever; {} accepted since start{}\n",
+        journal.depth,
+        journal.dropped,
+        journal.accepted,
+        if journal.available { "" } else { "; STORAGE FAILING" }
     ));
-    let uplink = &status["uplink"];
+    let uplink = &status.uplink;
+    let state = match uplink.state {
+        Connection::NotConfigured => "not configured",
+        Connection::Connecting => "connecting",
+        Connection::Connected => "connected",
+        Connection::Disconnected => "disconnected",
+    };
     out.push_str(&format!(
-        "uplink     {}{}\n",
-        uplink["state"].as_str().unwrap_or("?"),
-        uplink["last_upload"]
-            .as_str()
+        "uplink     {state}{}{}\n",
+        uplink
+            .last_upload
+            .as_ref()
             .map(|t| format!(", last upload {t}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        match (&uplink.last_error, uplink.undelivered_for_s) {
+            (Some(error), Some(_)) => format!(", last error: {error}"),
+            _ => String::new(),
+        }
     ));
-    let terminals = status["terminals"].as_object().cloned().unwrap_or_default();
     out.push_str(&format!(
         "terminals  {} of {} online\n",
-        status["terminals_online"].as_u64().unwrap_or(0),
-        terminals.len()
+        status.terminals_online,
+        status.terminals.len()
     ));
-    let now_ms = status["now"]
-        .as_str()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    let now_ms = status
+        .now
+        .parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
         .unwrap_or(0);
-    for (id, terminal) in &terminals {
-        let seen = terminal["last_seen_ms"]
-            .as_i64()
+    for (id, terminal) in &status.terminals {
+        let seen = terminal
+            .last_seen_ms
             .map(|ms| {
+                let ms = i64::try_from(ms).unwrap_or(i64::MAX);
                 format!(
                     "last seen {}",
                     ago(u64::try_from(now_ms - ms).unwrap_or(0) / 1000)
                 )
             })
             .unwrap_or_else(|| "never seen".to_string());
-        let battery = terminal["battery_mv"]
-            .as_u64()
+        let battery = terminal
+            .battery_mv
             .map(|mv| format!("   battery {mv} mV"))
             .unwrap_or_default();
-        let flags = terminal["flags"]
-            .as_u64()
+        let flags = Some(terminal.flags)
             .filter(|f| *f != 0)
             .map(|f| format!("   flags {f:#04x}"))
             .unwrap_or_default();
+        let source = match &terminal.source {
+            SourceState::Running => String::new(),
+            SourceState::Retrying { error } => format!("   retrying: {error}"),
+            SourceState::Failed { error } => format!("   FAILED: {error}"),
+        };
         out.push_str(&format!(
-            "  {id:<14} {:<8} {:<7} {seen}{battery}{flags}\n",
-            if terminal["online"].as_bool().unwrap_or(false) {
-                "online"
-            } else {
-                "OFFLINE"
-            },
-            terminal["kind"].as_str().unwrap_or("")
+            "  {:<14} {:<8} {:<9} {seen}{battery}{flags}{source}\n",
+            id.as_str(),
+            if terminal.online { "online" } else { "OFFLINE" },
+            terminal.kind.to_string()
         ));
     }
     out.push_str(&format!(
         "today ({}, since {})\n",
-        tallies["time_zone"].as_str().unwrap_or("?"),
-        tallies["day_start"].as_str().unwrap_or("?")
+        tallies.time_zone, tallies.day_start
     ));
-    out.push_str(&counts_line("site", &tallies["site"]["today"]));
-    if let Some(terminals) = tallies["terminals"].as_object() {
-        for (id, windows) in terminals {
-            out.push_str(&counts_line(id, &windows["today"]));
-        }
+    out.push_str(&counts_line("site", &tallies.site.today));
+    for (id, windows) in &tallies.terminals {
+        out.push_str(&counts_line(id.as_str(), &windows.today));
     }
     out
 }

@@ -9,6 +9,37 @@ use super::raw::{Hours, RawDisplay, RawOpeningHours};
 use super::{ConfigError, DisplayConfig, Document, DEFAULT_LISTEN};
 use crate::tallies::{parse_time, OpeningHours};
 
+/// Why a time of day was refused.
+enum TimeProblem {
+    /// `HH:MM:SS`.
+    Seconds,
+    /// Anything else that is not `HH:MM`.
+    Invalid,
+}
+
+/// A time of day as the config writes it: `HH:MM`. Seconds are refused rather than dropped:
+/// the tallies count per whole minute, so `08:00:30` would silently mean `08:00`.
+fn minute_time(text: &str) -> Result<Time, TimeProblem> {
+    let fields = text.trim().split(':').count();
+    if fields == 3 {
+        return Err(TimeProblem::Seconds);
+    }
+    match parse_time(text) {
+        Some(time) if fields == 2 => Ok(time),
+        _ => Err(TimeProblem::Invalid),
+    }
+}
+
+/// What to say about a refused time, in `what` (the value as written).
+fn time_problem(what: &str, problem: TimeProblem, example: &str) -> String {
+    match problem {
+        TimeProblem::Seconds => format!(
+            "{what:?} has seconds: the tallies count whole minutes, so write hours and minutes only, like {example:?}"
+        ),
+        TimeProblem::Invalid => format!("{what:?} is not a time like {example:?}"),
+    }
+}
+
 impl Document<'_> {
     pub(super) fn listen(
         &self,
@@ -44,13 +75,16 @@ impl Document<'_> {
             None => defaults.title,
         };
         let day_start = match &raw.day_starts_at {
-            Some(value) => parse_time(value.get_ref()).ok_or_else(|| {
-                self.invalid(
-                    "display.day-starts-at",
-                    value,
-                    format!("{:?} is not a time like \"04:00\"", value.get_ref()),
-                )
-            })?,
+            Some(value) => match minute_time(value.get_ref()) {
+                Ok(time) => time,
+                Err(problem) => {
+                    return Err(self.invalid(
+                        "display.day-starts-at",
+                        value,
+                        time_problem(value.get_ref(), problem, "04:00"),
+                    ))
+                }
+            },
             None => defaults.day_start,
         };
         let max_screens = match &raw.max_screens {
@@ -65,6 +99,27 @@ impl Document<'_> {
                 }
             },
             None => defaults.max_screens,
+        };
+        let max_connections = match &raw.max_connections {
+            Some(value) => match usize::try_from(*value.get_ref()) {
+                Ok(n @ 16..=20_000) if n > max_screens => n,
+                Ok(n @ 16..=20_000) => {
+                    return Err(self.invalid(
+                        "display.max-connections",
+                        value,
+                        format!("must be above display.max-screens ({max_screens}), so that /healthz and the API stay reachable with every screen connected; found {n}"),
+                    ))
+                }
+                _ => {
+                    return Err(self.invalid(
+                        "display.max-connections",
+                        value,
+                        format!("must be 16 to 20000, found {}", value.get_ref()),
+                    ))
+                }
+            },
+            None if max_screens < defaults.max_connections => defaults.max_connections,
+            None => max_screens + defaults.max_connections,
         };
         let allowed_origins = match &raw.allowed_origins {
             Some(origins) => {
@@ -88,6 +143,7 @@ impl Document<'_> {
             title,
             day_start,
             max_screens,
+            max_connections,
             allowed_origins,
         })
     }
@@ -110,19 +166,32 @@ impl Document<'_> {
                 Hours::Many(list) => list.iter().collect(),
             };
             for range in ranges {
-                let parsed = range
-                    .split_once('-')
-                    .and_then(|(open, close)| Some((parse_time(open)?, parse_time(close)?)));
+                let parsed = match range.split_once('-') {
+                    Some((open, close)) => minute_time(open)
+                        .and_then(|open| Ok((open, minute_time(close)?)))
+                        .map_err(|problem| match problem {
+                            TimeProblem::Seconds => {
+                                time_problem(range, TimeProblem::Seconds, "08:00-20:00")
+                            }
+                            TimeProblem::Invalid => format!(
+                                "{range:?} is not a range like \"08:00-20:00\" (or write \"closed\")"
+                            ),
+                        }),
+                    None => Err(format!(
+                        "{range:?} is not a range like \"08:00-20:00\" (or write \"closed\")"
+                    )),
+                };
                 match parsed {
-                    Some((open, close)) if open != close => slot.push((open, close)),
-                    _ => {
+                    Ok((open, close)) if open != close => slot.push((open, close)),
+                    Ok(_) => {
                         return Err(self.invalid(
                             &format!("opening-hours.{day}"),
                             value,
-                            format!(
-                            "{range:?} is not a range like \"08:00-20:00\" (or write \"closed\")"
-                        ),
+                            format!("{range:?} opens and closes at the same time; write a range like \"08:00-20:00\" (or \"closed\")"),
                         ))
+                    }
+                    Err(problem) => {
+                        return Err(self.invalid(&format!("opening-hours.{day}"), value, problem))
                     }
                 }
             }

@@ -90,6 +90,8 @@ pub struct Config {
     pub uplink: Option<crate::uplink::UplinkSettings>,
     /// Where GPIO terminals get their pins (`[gpio]`; the Pi's header by default).
     pub gpio: GpioBackend,
+    /// When faults make `/healthz` unhealthy (`unhealthy-after`, `uplink.unhealthy-after`).
+    pub health: crate::health::HealthSettings,
 }
 
 /// How terminals share a serial port (hardware/PROTOCOL.md § 1).
@@ -123,6 +125,10 @@ pub struct SerialPortConfig {
 /// Where the HTTP API listens when the config does not say: this machine only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// `display.max-connections` when the config does not say: well under the unit's
+/// `LimitNOFILE=4096`, which also covers the journal, serial ports and the broker.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
 /// Settings of the display page and the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayConfig {
@@ -132,6 +138,8 @@ pub struct DisplayConfig {
     pub day_start: jiff::civil::Time,
     /// Most screens (server-sent event streams) served at once.
     pub max_screens: usize,
+    /// Most HTTP connections open at once (more get 503); above `max_screens`.
+    pub max_connections: usize,
     /// Origins allowed by CORS (`*` = any), for screens served from elsewhere.
     pub allowed_origins: Vec<String>,
 }
@@ -142,6 +150,7 @@ impl Default for DisplayConfig {
             title: "How was your visit today?".to_string(),
             day_start: jiff::civil::Time::midnight(),
             max_screens: 64,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: vec!["*".to_string()],
         }
     }
@@ -329,6 +338,14 @@ impl Document<'_> {
             .as_ref()
             .map(|uplink| self.uplink(uplink, &gateway_id, &site))
             .transpose()?;
+        let health = crate::health::HealthSettings {
+            terminal_after: self
+                .unhealthy_after("unhealthy-after", raw.unhealthy_after.as_ref())?,
+            uplink_after: self.unhealthy_after(
+                "uplink.unhealthy-after",
+                raw.uplink.as_ref().and_then(|u| u.unhealthy_after.as_ref()),
+            )?,
+        };
         Ok(Config {
             path: self.path.to_path_buf(),
             gateway_id,
@@ -344,7 +361,24 @@ impl Document<'_> {
             serial_ports,
             uplink,
             gpio,
+            health,
         })
+    }
+
+    fn unhealthy_after(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(crate::health::DEFAULT_UNHEALTHY_AFTER);
+        };
+        let parsed = units::parse_duration(value.get_ref())
+            .map_err(|problem| self.invalid(key, value, problem))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&parsed) {
+            return Err(self.invalid(key, value, "must be between 1s and 24h"));
+        }
+        Ok(parsed)
     }
 
     fn id(&self, key: &str, value: &Spanned<String>) -> Result<String, ConfigError> {

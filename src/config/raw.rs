@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub time_zone: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
+    pub unhealthy_after: Option<Spanned<String>>,
     #[serde(default)]
     pub display: RawDisplay,
     pub opening_hours: Option<RawOpeningHours>,
@@ -62,6 +63,7 @@ pub(super) struct RawUplink {
     pub telemetry_interval: Option<Spanned<String>>,
     pub max_publishes_per_second: Option<Spanned<f64>>,
     pub max_bytes_per_second: Option<Spanned<SizeValue>>,
+    pub unhealthy_after: Option<Spanned<String>>,
 }
 
 /// The `[display]` table: the in-store screen and the HTTP API.
@@ -71,6 +73,7 @@ pub(super) struct RawDisplay {
     pub title: Option<Spanned<String>>,
     pub day_starts_at: Option<Spanned<String>>,
     pub max_screens: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
     pub allowed_origins: Option<Spanned<Vec<String>>>,
 }
 

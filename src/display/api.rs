@@ -17,12 +17,20 @@ pub async fn status(State(state): State<DisplayState>) -> Response {
     json(&state.status.snapshot())
 }
 
-/// `GET /healthz`: 200 `ok`, or 503 with the reason.
+/// `GET /healthz`: 200 `ok`, or 503 with one line per reason.
 pub async fn healthz(State(state): State<DisplayState>) -> Response {
-    match state.status.snapshot().health() {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
-    }
+    let status = state.status.snapshot();
+    let code = if status.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CACHE_CONTROL, "no-store")],
+        status.health_text(),
+    )
+        .into_response()
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response {

@@ -8,14 +8,21 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::DisplayState;
+use crate::health::ReasonKind;
 use crate::status::StatusSnapshot;
 use crate::tallies::TalliesSnapshot;
+use crate::uplink::Connection;
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<DisplayState>) -> Response {
     let status = state.status.snapshot();
     let tallies = state.tallies.snapshot.borrow().clone();
-    let text = render(&status, &tallies, state.screens_connected());
+    let http = HttpCounts {
+        screens: state.screens_connected(),
+        connections: state.connections.open(),
+        refused: state.connections.refused(),
+    };
+    let text = render(&status, &tallies, &http);
     (
         [(
             header::CONTENT_TYPE,
@@ -58,8 +65,19 @@ impl Exposition {
     }
 }
 
+/// The HTTP server's own counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpCounts {
+    /// Event streams open.
+    pub screens: usize,
+    /// Connections open.
+    pub connections: usize,
+    /// Connections refused (display.max-connections) since start.
+    pub refused: u64,
+}
+
 /// The exposition text.
-pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize) -> String {
+pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, http: &HttpCounts) -> String {
     let mut out = Exposition(String::new());
     out.family(
         "votegate_info",
@@ -69,7 +87,7 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
     out.sample(
         "votegate_info",
         &[
-            ("version", status.version),
+            ("version", &status.version),
             ("gateway", &status.gateway_id),
             ("site", &status.site),
         ],
@@ -81,6 +99,25 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         "Seconds since the daemon started.",
         status.uptime_s,
     );
+    out.single(
+        "votegate_healthy",
+        "gauge",
+        "1 when /healthz answers 200, 0 when it lists reasons.",
+        u8::from(status.healthy),
+    );
+    out.family(
+        "votegate_unhealthy_reasons",
+        "gauge",
+        "Reasons /healthz lists now, per kind (a terminal_offline per terminal).",
+    );
+    for kind in ReasonKind::ALL {
+        let count = status.health.iter().filter(|r| r.kind() == kind).count();
+        out.sample(
+            "votegate_unhealthy_reasons",
+            &[("reason", kind.label())],
+            count,
+        );
+    }
     out.single(
         "votegate_clock_synced",
         "gauge",
@@ -213,13 +250,25 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, screens: usize
         "votegate_uplink_connected",
         "gauge",
         "1 while connected to the MQTT broker.",
-        u8::from(status.uplink.state == "connected"),
+        u8::from(status.uplink.state == Connection::Connected),
     );
     out.single(
         "votegate_screens_connected",
         "gauge",
         "Screens receiving the live event stream.",
-        screens,
+        http.screens,
+    );
+    out.single(
+        "votegate_http_connections",
+        "gauge",
+        "HTTP connections open (display.max-connections bounds them).",
+        http.connections,
+    );
+    out.single(
+        "votegate_http_connections_refused_total",
+        "counter",
+        "HTTP connections answered 503 because display.max-connections were open, since start.",
+        http.refused,
     );
     out.single(
         "votegate_terminals_online",

@@ -11,23 +11,27 @@
 pub mod api;
 pub mod metrics;
 pub mod page;
+pub mod server;
 pub mod sse;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderValue, Method};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::DisplayConfig;
 use crate::status::StatusSource;
 use crate::tallies::task::TalliesOutput;
+pub use server::{serve, ConnectionGate};
 
 /// Longest a plain request may take (event streams answer at once and then stream).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,54 +43,42 @@ pub struct DisplayState {
     pub tallies: TalliesOutput,
     /// The status.
     pub status: StatusSource,
-    /// One permit per screen (event stream) allowed at once.
-    pub screens: Arc<Semaphore>,
-    /// How many screens may connect.
-    pub max_screens: usize,
+    /// `[display]` as configured now (a reload changes it).
+    pub settings: watch::Receiver<DisplayConfig>,
+    /// Screens (event streams) connected now.
+    pub screens: Arc<AtomicUsize>,
+    /// Open HTTP connections, against `max-connections`.
+    pub connections: Arc<ConnectionGate>,
     /// Ends event streams on shutdown (axum would keep them open).
     pub shutdown: CancellationToken,
-    /// The page, rendered once with the configured title.
-    pub page: Arc<str>,
 }
 
 impl DisplayState {
-    /// State for `config`.
+    /// State following `settings`.
     pub fn new(
         tallies: TalliesOutput,
         status: StatusSource,
-        config: &DisplayConfig,
+        settings: watch::Receiver<DisplayConfig>,
         shutdown: CancellationToken,
     ) -> DisplayState {
         DisplayState {
             tallies,
             status,
-            screens: Arc::new(Semaphore::new(config.max_screens)),
-            max_screens: config.max_screens,
+            settings,
+            screens: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(ConnectionGate::default()),
             shutdown,
-            page: Arc::from(page::render(&config.title)),
         }
     }
 
     /// Screens connected now.
     pub fn screens_connected(&self) -> usize {
-        self.max_screens - self.screens.available_permits()
+        self.screens.load(Ordering::Relaxed)
     }
 }
 
-/// The routes, with CORS and a request timeout.
-pub fn router(state: DisplayState, allowed_origins: &[String]) -> Router {
-    let origins = if allowed_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            allowed_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
-    };
-    let cors = CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([Method::GET, Method::HEAD]);
+/// The routes, with CORS (from the current `allowed-origins`) and a request timeout.
+pub fn router(state: DisplayState) -> Router {
     Router::new()
         .route("/", get(page::page))
         .route("/api/v1/tallies", get(api::tallies))
@@ -95,20 +87,73 @@ pub fn router(state: DisplayState, allowed_origins: &[String]) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::metrics))
         .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
 
-/// Serves until `shutdown`; event streams end at once, then open requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+/// CORS for a read-only API: `Access-Control-Allow-Origin` for an allowed `Origin` (`*` when
+/// any is), and the preflight answered here. Written out rather than taken from tower-http so
+/// that the allowed origins follow a reload.
+async fn cors(State(state): State<DisplayState>, request: Request, next: Next) -> Response {
+    let allowed = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|origin| allow_origin(&state.settings.borrow().allowed_origins, origin));
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if allowed.is_some() {
+            response.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET,HEAD"),
+            );
+        }
+        response
+    } else {
+        next.run(request).await
+    };
+    if let Some(value) = allowed {
+        let headers = response.headers_mut();
+        if value != "*" {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    }
+    response
+}
+
+/// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
+fn allow_origin(allowed: &[String], origin: &HeaderValue) -> Option<HeaderValue> {
+    if allowed.iter().any(|o| o == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
+    allowed
+        .iter()
+        .any(|o| o.as_bytes() == origin.as_bytes())
+        .then(|| origin.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_allowed_by_the_current_list() {
+        let origin = HeaderValue::from_static("http://screen.local:3000");
+        assert_eq!(
+            allow_origin(&["*".into()], &origin),
+            Some(HeaderValue::from_static("*"))
+        );
+        assert_eq!(
+            allow_origin(&["http://screen.local:3000".into()], &origin),
+            Some(origin.clone())
+        );
+        assert_eq!(allow_origin(&["http://other".into()], &origin), None);
+    }
 }

@@ -26,7 +26,7 @@ pub async fn page(State(state): State<DisplayState>) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        state.page.to_string(),
+        render(&state.settings.borrow().title),
     )
         .into_response()
 }

@@ -1,9 +1,13 @@
 //! `GET /api/v1/events`: server-sent events. Each accepted vote is an event `vote` with the
 //! vote's seq as id and the new tallies; the windows rolling produce `tallies` events; a screen
-//! that connects fresh, or missed more than the replay buffer, first gets a `reset` with the
-//! full tallies. `Last-Event-ID` (sent by browsers when they reconnect) replays what was missed.
+//! that connects fresh, missed more than the replay buffer, or names a `Last-Event-ID` this
+//! gateway never sent (ahead of its journal: data folder wiped, gateway swapped) first gets a
+//! `reset` with the full tallies. `Last-Event-ID` (sent by browsers when they reconnect) replays
+//! what was missed. A `ping` event every [`KEEP_ALIVE`] lets a page tell a live stream from a
+//! dead one (comments are invisible to `EventSource`).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,27 +16,48 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use tokio::sync::{broadcast, OwnedSemaphorePermit};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::DisplayState;
 use crate::model::Seq;
 use crate::tallies::feed::{Catchup, LiveEvent};
 
-/// How long a browser waits before reconnecting.
+/// How long a browser waits before reconnecting a dropped stream (the `retry:` field).
 const RETRY: Duration = Duration::from_secs(3);
-/// Comment lines keep idle connections (and proxies) alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A `ping` event this often keeps idle connections (and proxies) alive and shows the page that
+/// the stream is.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One connected screen, counted until dropped.
+struct Screen(Arc<AtomicUsize>);
+
+impl Screen {
+    /// Counts a screen in if fewer than `max` are connected.
+    fn connect(screens: &Arc<AtomicUsize>, max: usize) -> Option<Screen> {
+        screens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Screen(screens.clone()))
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The event stream.
 pub async fn events(State(state): State<DisplayState>, headers: HeaderMap) -> Response {
-    let Ok(permit) = state.screens.clone().try_acquire_owned() else {
+    let max_screens = state.settings.borrow().max_screens;
+    let Some(screen) = Screen::connect(&state.screens, max_screens) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "too many screens connected (display.max-screens = {})\n",
-                state.max_screens
-            ),
+            [(axum::http::header::RETRY_AFTER, "5")],
+            format!("too many screens connected (display.max-screens = {max_screens})\n"),
         )
             .into_response();
     };
@@ -54,11 +79,12 @@ pub async fn events(State(state): State<DisplayState>, headers: HeaderMap) -> Re
         state: state.clone(),
         last_sent,
         shutdown: state.shutdown.clone(),
-        _permit: permit,
+        _screen: screen,
     };
     let stream = stream::iter(first.into_iter().map(Ok)).chain(follow.into_stream());
+    let ping = Event::default().event("ping").data("{}");
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).event(ping))
         .into_response()
 }
 
@@ -87,8 +113,8 @@ struct Follow {
     state: DisplayState,
     last_sent: Option<Seq>,
     shutdown: CancellationToken,
-    /// Held for as long as the stream lives: one screen.
-    _permit: OwnedSemaphorePermit,
+    /// Counted for as long as the stream lives.
+    _screen: Screen,
 }
 
 impl Follow {

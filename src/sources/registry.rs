@@ -5,17 +5,53 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
-use crate::config::TerminalConfig;
+use crate::config::{SourceConfig, TerminalConfig};
+use crate::health::{SourceState, TerminalFacts};
 use crate::model::TerminalId;
 use crate::sources::serial::frame::{Hello, StatusMessage};
 
+/// Where a terminal's presses come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminalKind {
+    /// Random presses (demo, tests).
+    #[default]
+    Simulated,
+    /// hardware/PROTOCOL.md on a serial port.
+    Serial,
+    /// Buttons on the GPIO header.
+    Gpio,
+}
+
+impl TerminalKind {
+    /// The kind of a configured source.
+    pub fn of(source: &SourceConfig) -> TerminalKind {
+        match source {
+            SourceConfig::Simulated { .. } => TerminalKind::Simulated,
+            SourceConfig::Serial { .. } => TerminalKind::Serial,
+            SourceConfig::Gpio(_) => TerminalKind::Gpio,
+        }
+    }
+}
+
+impl std::fmt::Display for TerminalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TerminalKind::Simulated => "simulated",
+            TerminalKind::Serial => "serial",
+            TerminalKind::Gpio => "gpio",
+        })
+    }
+}
+
 /// One terminal as its source last saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminalStatus {
-    /// `simulated`, `serial`, …
-    pub kind: &'static str,
+    /// Where its presses come from.
+    pub kind: TerminalKind,
     /// Heard from recently enough.
     pub online: bool,
     /// Wall clock (ms) of the last valid frame or press.
@@ -31,8 +67,34 @@ pub struct TerminalStatus {
     /// From its hello.
     pub firmware: Option<String>,
     /// GPIO buttons held down longer than `stuck-after`, ignored until released.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stuck_buttons: Vec<crate::model::Button>,
+    /// How its source is doing.
+    #[serde(default)]
+    pub source: SourceState,
+}
+
+/// A terminal's state and when it was last heard from (or configured, if never).
+#[derive(Debug)]
+struct Entry {
+    status: TerminalStatus,
+    heard: Instant,
+}
+
+impl Entry {
+    fn new(kind: TerminalKind) -> Entry {
+        Entry {
+            status: TerminalStatus {
+                kind,
+                ..TerminalStatus::default()
+            },
+            heard: Instant::now(),
+        }
+    }
+
+    fn set_online(&mut self, online: bool) -> bool {
+        std::mem::replace(&mut self.status.online, online)
+    }
 }
 
 /// Counters over all sources, since start.
@@ -68,7 +130,7 @@ impl SourceCounters {
 /// The terminals' states and the sources' counters.
 #[derive(Debug, Default)]
 pub struct Registry {
-    terminals: Mutex<BTreeMap<TerminalId, TerminalStatus>>,
+    terminals: Mutex<BTreeMap<TerminalId, Entry>>,
     /// Counters, updated by the sources.
     pub counters: SourceCounters,
 }
@@ -76,79 +138,126 @@ pub struct Registry {
 impl Registry {
     /// All configured terminals, offline until heard from.
     pub fn new(terminals: &[TerminalConfig]) -> Registry {
-        let map = terminals
-            .iter()
-            .map(|t| {
-                let status = TerminalStatus {
-                    kind: t.source.kind(),
-                    ..TerminalStatus::default()
-                };
-                (t.id.clone(), status)
-            })
-            .collect();
-        Registry {
-            terminals: Mutex::new(map),
-            counters: SourceCounters::default(),
+        let registry = Registry::default();
+        registry.configure(terminals);
+        registry
+    }
+
+    /// Makes the configured terminals the known ones (after a reload): new ones start offline,
+    /// removed ones are forgotten, one whose kind changed starts afresh; the others keep their
+    /// state.
+    pub fn configure(&self, terminals: &[TerminalConfig]) {
+        let mut known = self.lock();
+        known.retain(|id, _| terminals.iter().any(|t| &t.id == id));
+        for terminal in terminals {
+            let kind = TerminalKind::of(&terminal.source);
+            match known.get(&terminal.id) {
+                Some(entry) if entry.status.kind == kind => {}
+                _ => {
+                    known.insert(terminal.id.clone(), Entry::new(kind));
+                }
+            }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<TerminalId, TerminalStatus>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<TerminalId, Entry>> {
         self.terminals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The entry of `terminal`; a terminal nobody configured (a late press after a reload
+    /// removed it) gets a throwaway one.
+    fn with<T>(&self, terminal: &TerminalId, change: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut terminals = self.lock();
+        match terminals.get_mut(terminal) {
+            Some(entry) => change(entry),
+            None => change(&mut Entry::new(TerminalKind::default())),
+        }
+    }
+
     /// The terminal was heard from. Returns true if it just came online.
     pub fn seen(&self, terminal: &TerminalId, now_ms: u64) -> bool {
-        let mut terminals = self.lock();
-        let status = terminals.entry(terminal.clone()).or_default();
-        status.last_seen_ms = Some(now_ms);
-        !std::mem::replace(&mut status.online, true)
+        self.with(terminal, |entry| {
+            entry.status.last_seen_ms = Some(now_ms);
+            entry.heard = Instant::now();
+            !entry.set_online(true)
+        })
     }
 
     /// Records a hello.
     pub fn hello(&self, terminal: &TerminalId, hello: &Hello) {
-        let mut terminals = self.lock();
-        let status = terminals.entry(terminal.clone()).or_default();
-        status.hardware_id = Some(
-            hello
-                .hardware_id
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        );
-        status.firmware = Some(hello.firmware.clone());
+        self.with(terminal, |entry| {
+            entry.status.hardware_id = Some(
+                hello
+                    .hardware_id
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            );
+            entry.status.firmware = Some(hello.firmware.clone());
+        });
     }
 
     /// Records a status report.
     pub fn status(&self, terminal: &TerminalId, report: &StatusMessage) {
-        let mut terminals = self.lock();
-        let status = terminals.entry(terminal.clone()).or_default();
-        status.battery_mv = (report.battery_mv > 0).then_some(report.battery_mv);
-        status.flags = report.flags;
-        status.queued = Some(report.queued);
+        self.with(terminal, |entry| {
+            let status = &mut entry.status;
+            status.battery_mv = (report.battery_mv > 0).then_some(report.battery_mv);
+            status.flags = report.flags;
+            status.queued = Some(report.queued);
+        });
     }
 
     /// Records which GPIO buttons are stuck now.
     pub fn stuck_buttons(&self, terminal: &TerminalId, stuck: Vec<crate::model::Button>) {
-        let mut terminals = self.lock();
-        terminals.entry(terminal.clone()).or_default().stuck_buttons = stuck;
+        self.with(terminal, |entry| entry.status.stuck_buttons = stuck);
     }
 
     /// Marks a terminal offline. Returns true if it was online.
     pub fn offline(&self, terminal: &TerminalId) -> bool {
-        let mut terminals = self.lock();
-        let status = terminals.entry(terminal.clone()).or_default();
-        std::mem::replace(&mut status.online, false)
+        self.with(terminal, |entry| entry.set_online(false))
+    }
+
+    /// Records how the terminal's source is doing; a failed source leaves it offline.
+    pub fn source(&self, terminal: &TerminalId, state: SourceState) {
+        self.with(terminal, |entry| {
+            if matches!(state, SourceState::Failed { .. }) {
+                entry.set_online(false);
+            }
+            entry.status.source = state;
+        });
     }
 
     /// One terminal's state.
     pub fn terminal(&self, terminal: &TerminalId) -> Option<TerminalStatus> {
-        self.lock().get(terminal).cloned()
+        self.lock().get(terminal).map(|e| e.status.clone())
     }
 
     /// Every terminal's state, by id.
     pub fn snapshot(&self) -> BTreeMap<TerminalId, TerminalStatus> {
-        self.lock().clone()
+        self.lock()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.status.clone()))
+            .collect()
+    }
+
+    /// Runs `assess` over what health needs to know of every terminal.
+    pub fn with_health_facts<T>(
+        &self,
+        assess: impl for<'a> FnOnce(Vec<TerminalFacts<'a>>) -> T,
+    ) -> T {
+        let terminals = self.lock();
+        let facts = terminals
+            .iter()
+            .map(|(id, entry)| TerminalFacts {
+                id,
+                online: entry.status.online,
+                ever_seen: entry.status.last_seen_ms.is_some(),
+                heard: entry.heard,
+                source: &entry.status.source,
+            })
+            .collect();
+        assess(facts)
     }
 }

@@ -1,7 +1,9 @@
 //! The live feed behind `GET /api/v1/events`: every accepted vote (with the tallies it produced)
 //! and every periodic tally update, serialised once and shared by all screens. The last
 //! [`REPLAY_CAPACITY`] vote events are kept so that a reconnecting screen gets exactly what it
-//! missed (`Last-Event-ID`); one that was away longer gets a full snapshot instead.
+//! missed (`Last-Event-ID`); one that was away longer, or names an id this gateway has not
+//! given out (it is ahead of the journal: the data folder was wiped, the gateway swapped), gets
+//! a full snapshot instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,33 +41,45 @@ pub enum Catchup {
 #[derive(Debug)]
 pub struct LiveFeed {
     sender: broadcast::Sender<Arc<LiveEvent>>,
-    recent: Mutex<VecDeque<Arc<LiveEvent>>>,
+    recent: Mutex<Recent>,
+}
+
+#[derive(Debug)]
+struct Recent {
+    events: VecDeque<Arc<LiveEvent>>,
+    /// One past the highest seq this feed can have sent: the journal's `next_seq` at start,
+    /// then past every vote event.
+    next_seq: Seq,
 }
 
 impl Default for LiveFeed {
     fn default() -> Self {
-        LiveFeed::new()
+        LiveFeed::new(1)
     }
 }
 
 impl LiveFeed {
-    /// An empty feed.
-    pub fn new() -> LiveFeed {
+    /// An empty feed for a journal whose next vote gets `next_seq`.
+    pub fn new(next_seq: Seq) -> LiveFeed {
         LiveFeed {
             sender: broadcast::channel(CHANNEL_CAPACITY).0,
-            recent: Mutex::new(VecDeque::with_capacity(REPLAY_CAPACITY)),
+            recent: Mutex::new(Recent {
+                events: VecDeque::with_capacity(REPLAY_CAPACITY),
+                next_seq,
+            }),
         }
     }
 
     /// Sends an event to every screen (and keeps vote events for replay).
     pub fn publish(&self, event: LiveEvent) {
         let event = Arc::new(event);
-        if event.id.is_some() {
+        if let Some(id) = event.id {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            if recent.len() == REPLAY_CAPACITY {
-                recent.pop_front();
+            if recent.events.len() == REPLAY_CAPACITY {
+                recent.events.pop_front();
             }
-            recent.push_back(event.clone());
+            recent.events.push_back(event.clone());
+            recent.next_seq = recent.next_seq.max(id + 1);
         }
         // No screen connected is fine.
         let _ = self.sender.send(event);
@@ -82,7 +96,10 @@ impl LiveFeed {
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let catchup = match last_id {
             None => Catchup::Snapshot,
+            // Not an id of ours: the screen's numbers belong to another journal.
+            Some(last) if last >= recent.next_seq => Catchup::Snapshot,
             Some(last) => {
+                let recent = &recent.events;
                 let newest = recent.back().and_then(|e| e.id);
                 let oldest = recent.front().and_then(|e| e.id);
                 match (oldest, newest) {
@@ -118,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_reconnecting_screen_gets_exactly_what_it_missed() {
-        let feed = LiveFeed::new();
+        let feed = LiveFeed::new(1);
         for id in 1..=10 {
             feed.publish(vote_event(id));
         }
@@ -140,8 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn a_screen_ahead_of_the_journal_gets_a_snapshot() {
+        // The journal restarted at seq 40 (its votes before were sent and deleted).
+        let feed = LiveFeed::new(40);
+        assert!(matches!(feed.subscribe(Some(39)).0, Catchup::Replay(e) if e.is_empty()));
+        assert!(matches!(feed.subscribe(Some(40)).0, Catchup::Snapshot));
+        assert!(matches!(feed.subscribe(Some(90_000)).0, Catchup::Snapshot));
+        feed.publish(vote_event(40));
+        assert!(matches!(feed.subscribe(Some(40)).0, Catchup::Replay(e) if e.is_empty()));
+        assert!(matches!(feed.subscribe(Some(41)).0, Catchup::Snapshot));
+    }
+
+    #[test]
     fn a_screen_away_too_long_gets_a_snapshot() {
-        let feed = LiveFeed::new();
+        let feed = LiveFeed::new(1);
         for id in 1..=(REPLAY_CAPACITY as u64 + 100) {
             feed.publish(vote_event(id));
         }
@@ -153,7 +182,7 @@ mod tests {
 
     #[test]
     fn events_published_after_subscribing_arrive() {
-        let feed = LiveFeed::new();
+        let feed = LiveFeed::new(1);
         let (_, mut receiver) = feed.subscribe(None);
         feed.publish(vote_event(1));
         assert_eq!(receiver.try_recv().map(|e| e.id), Ok(Some(1)));

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use jiff::civil::{Date, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::journal::record::{minute_of, MinuteTally};
 use crate::model::{TerminalId, Vote};
@@ -79,8 +79,29 @@ impl Serialize for Counts {
     }
 }
 
+/// What [`Counts`] looks like in JSON; the derived fields are recomputed when read back.
+#[derive(Deserialize)]
+struct CountsJson {
+    very_unhappy: u64,
+    unhappy: u64,
+    happy: u64,
+    very_happy: u64,
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Counts, D::Error> {
+        let json = CountsJson::deserialize(deserializer)?;
+        Ok(Counts([
+            json.very_unhappy,
+            json.unhappy,
+            json.happy,
+            json.very_happy,
+        ]))
+    }
+}
+
 /// The windows of one terminal, or of the site.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Windows {
     /// Today, within opening hours.
     pub today: Counts,
@@ -105,7 +126,7 @@ impl Windows {
 }
 
 /// All tallies at one moment.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TalliesSnapshot {
     /// When it was computed (UTC, RFC 3339).
     pub generated_at: String,

@@ -1,6 +1,9 @@
 //! The tallies task: rebuilds the tallies from the journal's minute counts, then follows the
 //! journal's accepted votes, publishing a snapshot (for `GET /api/v1/tallies`) and a live event
 //! (for `GET /api/v1/events`) for each, and a fresh snapshot every minute as the windows roll.
+//! A new [`TallySetup`] (a reload changed the time zone, the day start, the opening hours or the
+//! terminals) rebuilds the tallies from the journal under the new rules: nothing is counted
+//! twice, since votes below the journal's `next_seq` at the rebuild come from its counts only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,15 @@ use crate::model::{Seq, TerminalId, Vote};
 
 /// How often the windows are recomputed without votes.
 const ROLL_EVERY: Duration = Duration::from_secs(30);
+
+/// What the tallies count by: the rules and the configured terminals.
+#[derive(Clone, Debug)]
+pub struct TallySetup {
+    /// Time zone, day start, opening hours.
+    pub rules: TallyRules,
+    /// The configured terminals (each gets windows, votes or not).
+    pub terminals: Vec<TerminalId>,
+}
 
 /// What the tallies publish.
 #[derive(Clone)]
@@ -72,13 +84,27 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
+    // The sender goes at once: this setup never changes.
+    let setup = watch::channel(TallySetup { rules, terminals }).1;
+    start_following(setup, journal, votes, clock, shutdown).await
+}
+
+/// [`start`] with a setup that may change (the daemon's reload).
+pub async fn start_following(
+    mut setup: watch::Receiver<TallySetup>,
+    journal: JournalHandle,
+    votes: broadcast::Receiver<Vote>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
+    let TallySetup { rules, terminals } = setup.borrow_and_update().clone();
     let mut tallies = Tallies::new(rules.clone(), &terminals);
     // `votes` was subscribed before this read: votes below `next_seq` are in the counts.
     let (counts, next_seq) = journal.minute_tallies().await?;
     tallies.load(&counts);
     let now = now_ms(&*clock);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(tallies.snapshot(now)));
-    let feed = Arc::new(LiveFeed::new());
+    let feed = Arc::new(LiveFeed::new(next_seq));
     let output = TalliesOutput {
         snapshot,
         feed: feed.clone(),
@@ -93,7 +119,7 @@ pub async fn start(
         snapshot: snapshot_tx,
         feed,
     };
-    Ok((output, follower.run(votes, shutdown)))
+    Ok((output, follower.run(votes, setup, shutdown)))
 }
 
 fn now_ms(clock: &dyn Clock) -> i64 {
@@ -112,13 +138,29 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, mut votes: broadcast::Receiver<Vote>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut votes: broadcast::Receiver<Vote>,
+        mut setup: watch::Receiver<TallySetup>,
+        shutdown: CancellationToken,
+    ) {
         let mut roll = tokio::time::interval(ROLL_EVERY);
         roll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut following = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = roll.tick() => self.roll(),
+                changed = setup.changed(), if following => match changed {
+                    Ok(()) => {
+                        let TallySetup { rules, terminals } = setup.borrow_and_update().clone();
+                        self.rules = rules;
+                        self.terminals = terminals;
+                        log::info!(terminals = self.terminals.len(); "tallies: new rules, rebuilding from the journal");
+                        self.rebuild().await;
+                    }
+                    Err(_) => following = false,
+                },
                 received = votes.recv() => match received {
                     Ok(vote) => self.add(&vote),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {

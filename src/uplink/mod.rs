@@ -106,13 +106,41 @@ impl UplinkSettings {
     }
 }
 
+/// Where the connection to the broker stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connection {
+    /// No `[uplink]` table: votes stay in the journal.
+    NotConfigured,
+    /// Trying to connect.
+    #[default]
+    Connecting,
+    /// Connected (the broker accepted our CONNECT).
+    Connected,
+    /// The last attempt failed or the connection was lost; waiting to retry.
+    Disconnected,
+}
+
+/// Whether an uplink problem needs someone to change something, or only time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Retrying cannot help: a certificate rejected, credentials refused, a key file missing.
+    Configuration,
+    /// The network or the broker is away; retrying may help.
+    Network,
+}
+
 /// What the uplink reports for the status page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UplinkState {
-    /// `connecting`, `connected`, `disconnected`.
-    pub state: &'static str,
-    /// The last problem, in one sentence.
-    pub last_error: Option<String>,
+    /// The connection.
+    pub connection: Connection,
+    /// The last problem, if any (kept after recovery, for the status page).
+    pub last_error: Option<mqtt::UplinkError>,
+    /// Since when nothing has been delivered: set when the uplink starts or loses its
+    /// connection, cleared when the broker acknowledges a publish. `None` while delivering.
+    pub undelivered_since: Option<tokio::time::Instant>,
     /// Wall clock (ms) of the last acknowledged batch.
     pub last_upload_ms: Option<u64>,
     /// Votes acknowledged by the broker since start.
@@ -123,4 +151,20 @@ pub struct UplinkState {
     pub connections: u64,
     /// The batch size limit in force (lowered if the broker refuses large packets).
     pub max_payload_bytes: usize,
+}
+
+impl UplinkState {
+    /// The state of a gateway without `[uplink]`.
+    pub fn not_configured() -> UplinkState {
+        UplinkState {
+            connection: Connection::NotConfigured,
+            ..UplinkState::default()
+        }
+    }
+
+    /// The problem that keeps the uplink from delivering now, if any.
+    pub fn current_fault(&self) -> Option<&mqtt::UplinkError> {
+        self.undelivered_since?;
+        self.last_error.as_ref()
+    }
 }

@@ -18,7 +18,7 @@ use rumqttc::{
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 
-use super::{CaSource, TlsSettings, UplinkSettings};
+use super::{CaSource, FaultKind, TlsSettings, UplinkSettings};
 
 /// Incoming MQTT packets are small (acks); this bounds what a broker may send.
 const MAX_INCOMING_PACKET: usize = 64 * 1024;
@@ -61,12 +61,19 @@ pub enum UplinkError {
     /// The broker rejected our client certificate.
     #[error("the broker refused our client certificate: {0} (expired, or not signed by a CA the broker trusts?)")]
     ClientCertificate(String),
-    /// Another TLS failure.
+    /// The broker ended the TLS handshake with an alert (no common protocol version, cipher
+    /// or ALPN protocol): the two ends are configured for each other wrongly.
+    #[error("the broker refused the TLS handshake: {0} (check uplink.alpn and the broker's TLS settings)")]
+    TlsAlert(String),
+    /// The system has no trusted CA certificates to check the broker's against.
+    #[error("no trusted CA certificates found on this system (install ca-certificates, or set uplink.ca-file)")]
+    NoTrustedRoots,
+    /// Another TLS failure (often the connection breaking during the handshake).
     #[error("TLS failed: {0}")]
     Tls(String),
     /// The broker refused the MQTT connection.
     #[error("the broker refused the connection: {0} (check uplink.username/password-file or the certificate's permissions)")]
-    Refused(String),
+    Refused(Refusal),
     /// The broker or the network closed the connection.
     #[error("the connection to the broker was closed: {0}")]
     Closed(String),
@@ -76,6 +83,74 @@ pub enum UplinkError {
     /// Anything else from the MQTT layer.
     #[error("MQTT error: {0}")]
     Protocol(String),
+}
+
+/// Why a broker refused an MQTT CONNECT (its CONNACK return code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The broker does not speak our MQTT version.
+    ProtocolVersion,
+    /// The client id is not allowed.
+    BadClientId,
+    /// The broker is up but not serving.
+    ServiceUnavailable,
+    /// Wrong user name or password.
+    BadCredentials,
+    /// Not authorised (ACL, certificate identity).
+    NotAuthorized,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::ProtocolVersion => "unsupported protocol version",
+            Refusal::BadClientId => "client id rejected",
+            Refusal::ServiceUnavailable => "service unavailable",
+            Refusal::BadCredentials => "bad user name or password",
+            Refusal::NotAuthorized => "not authorised",
+        })
+    }
+}
+
+impl UplinkError {
+    /// Fills in the broker's host and port where the error did not know them.
+    fn at(self, (host, port): &(String, u16)) -> UplinkError {
+        match self {
+            UplinkError::Dns { host: h, cause } if h.is_empty() => UplinkError::Dns {
+                host: host.clone(),
+                cause,
+            },
+            UplinkError::Tcp { addr, cause } if addr.is_empty() => UplinkError::Tcp {
+                addr: format!("{host}:{port}"),
+                cause,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether only a change of configuration (or of the broker's) can fix this, or time may.
+    pub fn fault(&self) -> FaultKind {
+        match self {
+            UplinkError::File { .. }
+            | UplinkError::ServerCertificate(_)
+            | UplinkError::ClientCertificate(_)
+            | UplinkError::TlsAlert(_)
+            | UplinkError::NoTrustedRoots
+            | UplinkError::Refused(
+                Refusal::ProtocolVersion
+                | Refusal::BadClientId
+                | Refusal::BadCredentials
+                | Refusal::NotAuthorized,
+            ) => FaultKind::Configuration,
+            UplinkError::Refused(Refusal::ServiceUnavailable)
+            | UplinkError::Dns { .. }
+            | UplinkError::Tcp { .. }
+            | UplinkError::Tls(_)
+            | UplinkError::Closed(_)
+            | UplinkError::Timeout(_)
+            | UplinkError::Protocol(_) => FaultKind::Network,
+        }
+    }
 }
 
 /// What a session reports to the uplink.
@@ -105,7 +180,8 @@ impl Session {
         let options = options(settings, false)?;
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (sender, events) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(eventloop, sender));
+        let endpoint = (settings.host.clone(), settings.port);
+        let driver = tokio::spawn(drive(eventloop, sender, endpoint));
         Ok(Session {
             client,
             events,
@@ -155,7 +231,11 @@ impl Drop for Session {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, sender: mpsc::UnboundedSender<SessionEvent>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    sender: mpsc::UnboundedSender<SessionEvent>,
+    endpoint: (String, u16),
+) {
     loop {
         let event = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => SessionEvent::Connected,
@@ -169,7 +249,7 @@ async fn drive(mut eventloop: EventLoop, sender: mpsc::UnboundedSender<SessionEv
             }
             Ok(_) => continue,
             Err(err) => {
-                let _ = sender.send(SessionEvent::Lost(classify(&err)));
+                let _ = sender.send(SessionEvent::Lost(classify(&err).at(&endpoint)));
                 return; // never poll again: that would reconnect behind the uplink's back
             }
         };
@@ -244,9 +324,7 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, UplinkError> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(UplinkError::Tls(
-                    "no trusted CA certificates found on this system (install ca-certificates, or set uplink.ca-file)".into(),
-                ));
+                return Err(UplinkError::NoTrustedRoots);
             }
         }
     }
@@ -320,11 +398,23 @@ fn classify(err: &ConnectionError) -> UplinkError {
         ConnectionError::Tls(rumqttc::TlsError::TLS(tls)) => classify_rustls(tls),
         ConnectionError::Tls(rumqttc::TlsError::Io(io)) => classify_io(io),
         ConnectionError::Tls(other) => UplinkError::Tls(other.to_string()),
-        ConnectionError::ConnectionRefused(code) => UplinkError::Refused(format!("{code:?}")),
+        ConnectionError::ConnectionRefused(code) => UplinkError::Refused(refusal(*code)),
         ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
             UplinkError::Timeout(STEP_TIMEOUT)
         }
         other => UplinkError::Protocol(other.to_string()),
+    }
+}
+
+fn refusal(code: rumqttc::ConnectReturnCode) -> Refusal {
+    use rumqttc::ConnectReturnCode as Code;
+    match code {
+        Code::RefusedProtocolVersion => Refusal::ProtocolVersion,
+        Code::BadClientId => Refusal::BadClientId,
+        Code::ServiceUnavailable => Refusal::ServiceUnavailable,
+        Code::BadUserNamePassword => Refusal::BadCredentials,
+        // `Success` never comes as a refusal.
+        Code::NotAuthorized | Code::Success => Refusal::NotAuthorized,
     }
 }
 
@@ -369,6 +459,13 @@ fn classify_rustls(err: &rustls::Error) -> UplinkError {
             | Alert::CertificateRequired
             | Alert::UnsupportedCertificate),
         ) => UplinkError::ClientCertificate(format!("{alert:?}")),
+        rustls::Error::AlertReceived(
+            alert @ (Alert::HandshakeFailure
+            | Alert::ProtocolVersion
+            | Alert::InsufficientSecurity
+            | Alert::NoApplicationProtocol
+            | Alert::AccessDenied),
+        ) => UplinkError::TlsAlert(format!("{alert:?}")),
         other => UplinkError::Tls(other.to_string()),
     }
 }
@@ -430,7 +527,7 @@ pub async fn probe(settings: &UplinkSettings) -> Result<String, (&'static str, U
     }
     let (client, eventloop) = AsyncClient::new(options, 4);
     let (sender, mut events) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(drive(eventloop, sender));
+    let driver = tokio::spawn(drive(eventloop, sender, (host, settings.port)));
     let result = tokio::time::timeout(STEP_TIMEOUT, events.recv()).await;
     let _ = client.disconnect().await;
     driver.abort();

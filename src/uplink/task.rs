@@ -13,7 +13,7 @@ use super::inflight::{InFlight, Tag};
 use super::mqtt::{Session, SessionEvent, UplinkError};
 use super::payload::{encode, WireVote};
 use super::ratelimit::RateLimit;
-use super::{UplinkSettings, UplinkState};
+use super::{Connection, UplinkSettings, UplinkState};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::journal::{JournalHandle, JournalStats};
@@ -69,7 +69,9 @@ struct Cursors {
 }
 
 impl Uplink {
-    /// An uplink for `settings`, reporting its state on the returned receiver.
+    /// An uplink for `settings`, reporting its state on `state`. The sender outlives one uplink:
+    /// a reload replaces the uplink and keeps the counters. The problem of an earlier uplink is
+    /// forgotten: new settings are judged afresh.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: UplinkSettings,
@@ -79,18 +81,20 @@ impl Uplink {
         stats: watch::Receiver<JournalStats>,
         clock: Arc<dyn Clock>,
         telemetry: Telemetry,
-    ) -> (Uplink, watch::Receiver<UplinkState>) {
-        let (state, receiver) = watch::channel(UplinkState {
-            state: "connecting",
-            max_payload_bytes: settings.max_payload_bytes,
-            ..UplinkState::default()
+        state: watch::Sender<UplinkState>,
+    ) -> Uplink {
+        state.send_modify(|s| {
+            s.connection = Connection::Connecting;
+            s.last_error = None;
+            s.undelivered_since = Some(Instant::now());
+            s.max_payload_bytes = settings.max_payload_bytes;
         });
         let rate = RateLimit::new(
             settings.max_publishes_per_second,
             settings.max_bytes_per_second,
             std::time::Instant::now(),
         );
-        let uplink = Uplink {
+        Uplink {
             max_payload_bytes: settings.max_payload_bytes,
             settings,
             gateway_id: gateway_id.to_string(),
@@ -102,8 +106,7 @@ impl Uplink {
             telemetry,
             suspect: None,
             rate,
-        };
-        (uplink, receiver)
+        }
     }
 
     /// Runs until `shutdown`, reconnecting whenever the connection is lost.
@@ -112,7 +115,8 @@ impl Uplink {
         let mut rng = fastrand::Rng::new();
         let endpoint = format!("{}:{}", self.settings.host, self.settings.port);
         loop {
-            self.state.send_modify(|s| s.state = "connecting");
+            self.state
+                .send_modify(|s| s.connection = Connection::Connecting);
             let ended = match Session::open(&self.settings) {
                 Ok(session) => self.connection(session, &shutdown).await,
                 Err(error) => Ended::Lost {
@@ -127,14 +131,14 @@ impl Uplink {
                 backoff.reset();
             }
             if backoff.failures() % 10 == 0 {
-                log::warn!(broker:% = endpoint; "uplink: {error}; votes stay in the journal, retrying");
+                log::warn!(broker:% = endpoint, fault:? = error.fault(); "uplink: {error}; votes stay in the journal, retrying");
             } else {
                 log::debug!(broker:% = endpoint; "uplink: {error}; retrying");
             }
-            let message = error.to_string();
             self.state.send_modify(|s| {
-                s.state = "disconnected";
-                s.last_error = Some(message);
+                s.connection = Connection::Disconnected;
+                s.last_error = Some(error);
+                s.undelivered_since.get_or_insert_with(Instant::now);
             });
             let delay = backoff.next_delay(&mut rng);
             tokio::select! {
@@ -156,7 +160,7 @@ impl Uplink {
         }
         log::info!(broker:% = format!("{}:{}", self.settings.host, self.settings.port); "uplink connected");
         self.state.send_modify(|s| {
-            s.state = "connected";
+            s.connection = Connection::Connected;
             s.connections += 1;
         });
         let stats = self.stats.borrow().clone();
@@ -203,6 +207,7 @@ impl Uplink {
                 event = session.events.recv() => match event {
                     Some(SessionEvent::Written(pkid)) => cursors.inflight.written(pkid),
                     Some(SessionEvent::Acked(pkid)) => {
+                        self.state.send_if_modified(|s| s.undelivered_since.take().is_some());
                         if let Some(frontier) = cursors.inflight.acked(pkid) {
                             self.acknowledge(frontier, &mut cursors).await;
                         }

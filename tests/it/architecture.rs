@@ -67,10 +67,11 @@ fn rumqttc_and_rustls_are_imported_only_by_the_mqtt_file() {
 }
 
 #[test]
-fn axum_stays_in_the_display() {
+fn axum_and_hyper_stay_in_the_display() {
     for file in files_mentioning("axum") {
         assert!(file.starts_with("display/"), "{file} uses axum");
     }
+    assert_eq!(files_mentioning("hyper"), ["display/server.rs"]);
 }
 
 #[test]

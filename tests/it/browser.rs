@@ -2,10 +2,11 @@
 //! pressed, pulses, filters by terminal, and says "stale" when the daemon goes away. A screenshot
 //! is saved to target/display.png.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::display::Site;
 use crate::harness::browser::Browser;
+use crate::harness::http::EventStream;
 use crate::harness::repo_root;
 
 #[test]
@@ -76,4 +77,37 @@ fn the_display_page_updates_live_and_shows_stale_when_the_daemon_is_gone() {
         .eval("return document.body.classList.contains('stale')")
         .as_bool()
         .unwrap_or(false));
+}
+
+#[test]
+fn a_screen_refused_with_503_shows_live_numbers_again_within_30_s_of_a_slot_freeing() {
+    let mut site = Site::start(1);
+    // Another screen holds the only slot (display.max-screens = 1).
+    let holder = EventStream::open(site.addr, "/api/v1/events", None);
+    assert_eq!(holder.status, 200);
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/", site.addr));
+    browser.wait_until("the page to load", Duration::from_secs(15), |b| {
+        b.text("total") == "0"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let live = browser.text("live");
+    assert!(
+        live.starts_with("Stale"),
+        "refused, yet the page says {live:?}"
+    );
+
+    drop(holder);
+    let freed = Instant::now();
+    browser.wait_until("the page to be live again", Duration::from_secs(30), |b| {
+        b.text("live") == "Live"
+    });
+    site.press(&[4, 3], 2);
+    browser.wait_until("live numbers", Duration::from_secs(10), |b| {
+        b.text("total") == "2"
+    });
+    let after = freed.elapsed();
+    eprintln!("live again {after:?} after the slot freed");
+    assert!(after < Duration::from_secs(30), "{after:?}");
+    assert!(browser.text("last-data").starts_with("Last data "));
 }

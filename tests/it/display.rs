@@ -336,3 +336,21 @@ fn screens_are_bounded_and_event_streams_end_on_shutdown() {
     assert_eq!(first.next(), None, "the stream must end with the daemon");
     assert_eq!(second.next(), None);
 }
+
+#[test]
+fn a_last_event_id_ahead_of_the_gateway_gets_a_reset() {
+    let mut site = Site::start(8);
+    site.press(&[4, 2], 2);
+    // A screen that followed another gateway (or this one before its data folder was wiped).
+    let mut stream = EventStream::open(site.addr, "/api/v1/events", Some("90000"));
+    assert_eq!(stream.status, 200);
+    let first = stream.next().expect("a first event");
+    assert_eq!(first.event, "reset", "{first:?}");
+    let tallies: serde_json::Value = serde_json::from_str(&first.data).expect("json");
+    assert_eq!(tallies["site"]["today"]["total"], 2);
+    // From then on it follows this gateway's votes.
+    site.press(&[3], 3);
+    let vote = stream.next().expect("the vote");
+    assert_eq!(vote.event, "vote");
+    assert_eq!(vote.id.as_deref(), Some("3"));
+}

@@ -4,16 +4,20 @@
 
 mod architecture;
 mod browser;
+mod bus;
 mod cli;
 mod config_files;
 mod display;
 mod gpio;
 mod harness;
+mod health;
+mod http_limits;
 mod journal_crash;
 mod journal_legacy;
 mod journal_model;
 mod package;
 mod protocol_spec;
+mod reload;
 mod serial;
 mod soak;
 mod systemd;

@@ -24,6 +24,8 @@ site = "test-store"
 data-dir = "{}"
 time-zone = "UTC"
 log-level = "debug"
+# Port 0: never the machine's own 8080 (the test failed whenever something else had it).
+listen = "127.0.0.1:0"
 
 [filter]
 min-interval = "0s"

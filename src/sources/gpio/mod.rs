@@ -80,6 +80,12 @@ pub async fn run_terminal(
         Ok(inputs) => inputs,
         Err(err) => {
             log::error!(terminal:% = terminal; "GPIO terminal not started: {err}");
+            context.registry.source(
+                &terminal,
+                crate::health::SourceState::Failed {
+                    error: err.to_string(),
+                },
+            );
             return;
         }
     };
@@ -125,6 +131,12 @@ pub async fn run_terminal(
                 Some(edge) => reader.edge(edge),
                 None => {
                     log::error!(terminal:% = reader.terminal; "GPIO interrupts stopped");
+                    reader.context.registry.source(
+                        &reader.terminal,
+                        crate::health::SourceState::Failed {
+                            error: "GPIO interrupts stopped".into(),
+                        },
+                    );
                     return;
                 }
             },

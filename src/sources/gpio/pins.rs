@@ -221,7 +221,7 @@ impl Led for RppalLed {
 /// `led PIN 0|1` on every LED change, and `error …` for a command that cannot be done.
 pub struct SimulatedHeader {
     epoch: Instant,
-    pins: Mutex<HashMap<u8, SimulatedInput>>,
+    pins: Arc<Mutex<HashMap<u8, SimulatedInput>>>,
     leds: broadcast::Sender<(u8, bool)>,
 }
 
@@ -239,7 +239,7 @@ impl Default for SimulatedHeader {
     fn default() -> SimulatedHeader {
         SimulatedHeader {
             epoch: Instant::now(),
-            pins: Mutex::new(HashMap::new()),
+            pins: Arc::new(Mutex::new(HashMap::new())),
             leds: broadcast::channel(1024).0,
         }
     }
@@ -440,7 +440,10 @@ impl Header for SimulatedHeader {
         Ok(Inputs {
             edges,
             initial_high: vec![!active_high; pins.len()],
-            _claim: Box::new(()),
+            _claim: Box::new(SimulatedClaim {
+                pins: pins.to_vec(),
+                claimed: self.pins.clone(),
+            }),
         })
     }
 
@@ -453,6 +456,22 @@ impl Header for SimulatedHeader {
 
     fn now(&self) -> Duration {
         self.epoch.elapsed()
+    }
+}
+
+/// Frees a terminal's simulated pins when its task ends (a reload restarting it), as dropping
+/// rppal's pins does on the Pi.
+struct SimulatedClaim {
+    pins: Vec<u8>,
+    claimed: Arc<Mutex<HashMap<u8, SimulatedInput>>>,
+}
+
+impl Drop for SimulatedClaim {
+    fn drop(&mut self) {
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        for pin in &self.pins {
+            claimed.remove(pin);
+        }
     }
 }
 
@@ -527,5 +546,10 @@ mod tests {
             header.claim_inputs(&[6], Pull::Up, false),
             Err(GpioError::PinBusy(6))
         ));
+        drop(inputs);
+        assert!(
+            header.claim_inputs(&[6], Pull::Up, false).is_ok(),
+            "released with its terminal"
+        );
     }
 }

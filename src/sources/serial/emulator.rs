@@ -311,14 +311,27 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         tokio::select! {
             item = link.next() => {
-                let Ok(frame) = item? else { continue };
-                let Some(terminal) = terminals.iter_mut().find(|t| t.address() == frame.address) else { continue };
-                if bus && frame.message == Message::Poll {
-                    let reply = terminal.answer_poll(Instant::now());
-                    link.send(&reply).await?;
-                } else if let Some(outcome) = terminal.receive(&frame.message) {
-                    answered += 1;
-                    report(&outcome);
+                let mut frames = vec![item?];
+                frames.extend(link.take_buffered());
+                let frames: Vec<Frame> = frames.into_iter().filter_map(Result::ok).collect();
+                for (index, frame) in frames.iter().enumerate() {
+                    let Some(terminal) = terminals.iter_mut().find(|t| t.address() == frame.address) else { continue };
+                    if bus && frame.message == Message::Poll {
+                        // A terminal answers within 10 ms of a poll. One that fell behind (a
+                        // busy machine, polls queued while the port was closed) answers only the
+                        // newest poll for it: answering each would put every later answer one
+                        // poll late.
+                        let superseded = frames[index + 1..]
+                            .iter()
+                            .any(|f| f.address == frame.address && f.message == Message::Poll);
+                        if !superseded {
+                            let reply = terminal.answer_poll(Instant::now());
+                            link.send(&reply).await?;
+                        }
+                    } else if let Some(outcome) = terminal.receive(&frame.message) {
+                        answered += 1;
+                        report(&outcome);
+                    }
                 }
             }
             line = next_line(&mut stdin), if stdin_open => {
@@ -470,5 +483,71 @@ mod tests {
         assert_eq!(parse_press("b 7", &terminals), Some((1, 7)));
         assert_eq!(parse_press("c 1", &terminals), None);
         assert_eq!(parse_press("x", &terminals), None);
+    }
+
+    #[tokio::test]
+    async fn a_terminal_that_fell_behind_answers_only_the_newest_poll() {
+        let (gateway_side, terminal_side) = tokio::io::duplex(4096);
+        let simulation = Simulation {
+            path: PathBuf::from("/dev/test"),
+            baud: 115_200,
+            terminals: vec![("gate-1".into(), 1)],
+            presses_per_minute: Some(6000.0),
+            stdin: false,
+            count: Some(1),
+            first_term_seq: 1,
+            retransmit: RETRANSMIT,
+            status_interval: Duration::from_secs(60),
+        };
+        let terminal = tokio::spawn(async move {
+            let mut answered = Vec::new();
+            let result = run(
+                &simulation,
+                Link::new(terminal_side),
+                &mut |a: &Answered| answered.push(a.clone()),
+            )
+            .await;
+            (result.ok(), answered)
+        });
+        let mut gateway = Link::new(gateway_side);
+        // Five polls queued up while the terminal was busy, arriving at once.
+        let poll = super::super::frame::encode(&Frame {
+            address: 1,
+            message: Message::Poll,
+        });
+        gateway.send_raw(&poll.repeat(5)).await.expect("send");
+        let first = gateway.next().await.expect("link").expect("frame");
+        assert!(matches!(first.message, Message::Hello(_)), "{first:?}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), gateway.next())
+                .await
+                .is_err(),
+            "one answer for five stale polls"
+        );
+        for message in [Message::Welcome { protocol: 1 }, Message::Poll] {
+            gateway
+                .send(&Frame {
+                    address: 1,
+                    message,
+                })
+                .await
+                .expect("send");
+        }
+        let vote = gateway.next().await.expect("link").expect("frame");
+        let Message::Vote(vote) = vote.message else {
+            panic!("expected the vote, got {vote:?}")
+        };
+        gateway
+            .send(&Frame {
+                address: 1,
+                message: Message::Ack {
+                    term_seq: vote.term_seq,
+                },
+            })
+            .await
+            .expect("send");
+        let (answered_count, answered) = terminal.await.expect("task");
+        assert_eq!(answered_count, Some(1));
+        assert_eq!(answered.len(), 1);
     }
 }

@@ -15,7 +15,8 @@ pub const POINT_ADDRESS: u8 = 0;
 pub const MAX_BUS_ADDRESS: u8 = 247;
 /// Longest frame before COBS: header, payload and CRC.
 pub const MAX_FRAME_LEN: usize = 64;
-/// Longest firmware version string in a hello.
+/// Longest firmware version string in a hello; the gateway keeps the first 16 bytes of a
+/// longer one.
 pub const MAX_FIRMWARE_LEN: usize = 16;
 /// Longest encoded frame (COBS adds one byte per 254, plus one), without the delimiter.
 const MAX_ENCODED_LEN: usize = MAX_FRAME_LEN + MAX_FRAME_LEN / 254 + 1;
@@ -182,15 +183,9 @@ impl Message {
 
     fn decode(code: u8, payload: &[u8]) -> Result<Message, FrameError> {
         let message = match code {
-            code::HELLO => {
-                let hello: Hello = exact(payload)?;
-                if hello.firmware.len() > MAX_FIRMWARE_LEN {
-                    return Err(FrameError::Payload(
-                        "firmware version longer than 16 bytes".into(),
-                    ));
-                }
-                Message::Hello(hello)
-            }
+            // A firmware string over its 16 bytes still decodes (the frame's 64 bytes bound it):
+            // the gateway keeps its first 16 bytes and welcomes the terminal (PROTOCOL.md § 4).
+            code::HELLO => Message::Hello(exact(payload)?),
             code::VOTE => Message::Vote(exact(payload)?),
             code::STATUS => Message::Status(exact(payload)?),
             code::WELCOME => Message::Welcome {

@@ -52,6 +52,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
     }
 
+    /// The frames already read and decoded, without waiting for more. A terminal that fell
+    /// behind finds several polls here and answers only the newest.
+    pub fn take_buffered(&mut self) -> Vec<Result<Frame, FrameError>> {
+        self.ready.drain(..).collect()
+    }
+
     /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), LinkError> {
         self.stream.write_all(&frame::encode(frame)).await?;

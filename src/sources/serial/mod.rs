@@ -20,15 +20,85 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::config::{PortMode, SerialPortConfig};
+use crate::health::SourceState;
 use crate::model::{Button, TerminalId};
 use crate::sources::registry::{Registry, SourceCounters};
 use crate::sources::{Intake, PressEvent};
-use frame::{Message, NackReason, VoteMessage, PROTOCOL_VERSION};
+use crate::throttle::Throttle;
+use frame::{Message, NackReason, VoteMessage, MAX_FIRMWARE_LEN, PROTOCOL_VERSION};
 use link::Link;
 
 /// First delay before reopening a lost port; doubles up to [`REOPEN_CAP`].
 const REOPEN_INITIAL: Duration = Duration::from_millis(250);
 const REOPEN_CAP: Duration = Duration::from_secs(10);
+
+/// How often at most a port logs a warning about discarded frames.
+const DISCARD_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a received frame was not used (hardware/PROTOCOL.md § 2, § 5.3). Each is counted: noise
+/// in `frame_errors`, the others in `unexpected_frames`.
+#[derive(Debug)]
+pub enum Discarded<'a> {
+    /// Bytes that are not a valid frame (bad CRC, unknown version or type, …).
+    Noise(&'a frame::FrameError),
+    /// A valid frame that makes no sense here: another address, or a gateway's message.
+    Unexpected(&'a frame::Frame),
+    /// A bus terminal's answer that came after the reply timeout (found before the next poll).
+    Late(&'a frame::Frame),
+}
+
+impl std::fmt::Display for Discarded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Discarded::Noise(err) => write!(f, "discarded bytes: {err}"),
+            Discarded::Unexpected(frame) => write!(
+                f,
+                "discarded an unexpected frame from address {}: {:?}",
+                frame.address, frame.message
+            ),
+            Discarded::Late(frame) => write!(
+                f,
+                "discarded a late answer from address {} (after reply-timeout, or out of turn): {:?}",
+                frame.address, frame.message
+            ),
+        }
+    }
+}
+
+/// Counts and logs discarded frames of one port: each at DEBUG, and a WARN at most once a
+/// minute with how many there were.
+#[derive(Debug)]
+pub struct Discards {
+    throttle: Throttle,
+}
+
+impl Default for Discards {
+    fn default() -> Discards {
+        Discards {
+            throttle: Throttle::new(DISCARD_WARN_EVERY),
+        }
+    }
+}
+
+impl Discards {
+    /// Counts and logs one discarded frame.
+    pub fn record(&mut self, ctx: &PortContext, what: Discarded<'_>) {
+        let counters = &ctx.registry.counters;
+        let counter = match what {
+            Discarded::Noise(_) => &counters.frame_errors,
+            Discarded::Unexpected(_) | Discarded::Late(_) => &counters.unexpected_frames,
+        };
+        SourceCounters::bump(counter);
+        log::debug!(port:% = ctx.port; "{what}");
+        if let Some(count) = self.throttle.hit(tokio::time::Instant::now()) {
+            log::warn!(
+                port:% = ctx.port;
+                "{count} frame(s) discarded on this port since the last warning (noise, late bus answers or frames for another address; \
+                 counted in votegate_serial_frame_errors_total and votegate_serial_unexpected_frames_total), the latest: {what}"
+            );
+        }
+    }
+}
 
 /// What a port task needs from the rest of the daemon.
 #[derive(Clone)]
@@ -60,7 +130,19 @@ impl PortContext {
     async fn answer(&self, terminal: &TerminalId, message: Message) -> Option<Message> {
         self.seen(terminal);
         match message {
-            Message::Hello(hello) => {
+            Message::Hello(mut hello) => {
+                if hello.firmware.len() > MAX_FIRMWARE_LEN {
+                    let mut cut = MAX_FIRMWARE_LEN;
+                    while !hello.firmware.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    log::warn!(
+                        terminal:% = terminal, port:% = self.port;
+                        "the terminal's firmware string is {} bytes, over the protocol's 16: keeping {:?}",
+                        hello.firmware.len(), &hello.firmware[..cut]
+                    );
+                    hello.firmware.truncate(cut);
+                }
                 log::info!(
                     terminal:% = terminal, port:% = self.port, firmware:% = hello.firmware, protocol = hello.protocol;
                     "terminal said hello"
@@ -131,6 +213,9 @@ pub async fn run_port(port: SerialPortConfig, ctx: PortContext, shutdown: Cancel
             Ok(stream) => {
                 log::info!(port:% = ctx.port, baud = port.baud, terminals = port.terminals.len(); "serial port open ({:?} mode)", port.mode);
                 backoff.reset();
+                for (_, terminal) in &port.terminals {
+                    ctx.registry.source(terminal, SourceState::Running);
+                }
                 let mut link = Link::new(stream);
                 let result = match port.mode {
                     PortMode::Point => match port.terminals.first() {
@@ -156,6 +241,14 @@ pub async fn run_port(port: SerialPortConfig, ctx: PortContext, shutdown: Cancel
             Err(err) => {
                 if backoff.failures() % 20 == 0 {
                     log::warn!(port:% = ctx.port; "{err}; retrying");
+                }
+                for (_, terminal) in &port.terminals {
+                    ctx.registry.source(
+                        terminal,
+                        SourceState::Retrying {
+                            error: err.to_string(),
+                        },
+                    );
                 }
             }
         }
@@ -418,6 +511,85 @@ mod tests {
         assert!(
             !gate_3.online && gate_3.last_seen_ms.is_none(),
             "gate-3 never answered"
+        );
+        shutdown.cancel();
+        assert!(session.await.expect("task").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_bus_answer_after_the_reply_timeout_is_discarded_not_taken_for_the_next() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (journal, ctx) = gateway(dir.path(), &["gate-1", "gate-2"]);
+        let port = SerialPortConfig {
+            path: "/dev/test".into(),
+            baud: 115_200,
+            mode: PortMode::Bus,
+            poll_interval: Duration::from_millis(100),
+            reply_timeout: Duration::from_millis(15),
+            offline_after: Duration::from_secs(180),
+            terminals: vec![(1, id("gate-1")), (2, id("gate-2"))],
+        };
+        let (gateway_side, terminal_side) = tokio::io::duplex(4096);
+        let shutdown = CancellationToken::new();
+        let session = {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                bus::run(&mut Link::new(gateway_side), &port, &ctx, &shutdown).await
+            })
+        };
+        let mut link = Link::new(terminal_side);
+        let mut terminal = EmulatedTerminal::new("gate-1", 1, 7, Duration::from_millis(50));
+        terminal.press(3, Instant::now());
+        let mut polls = 0;
+        let answered = loop {
+            let frame = link.next().await.expect("link").expect("frame");
+            if frame.address != 1 {
+                continue;
+            }
+            if frame.message == Message::Poll {
+                polls += 1;
+                if polls == 1 {
+                    // Too late: the gateway gave up after 15 ms and must not use this answer.
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    let late = Frame {
+                        address: 1,
+                        message: Message::Vote(VoteMessage {
+                            term_seq: 99,
+                            button: 1,
+                            age_ms: 0,
+                        }),
+                    };
+                    link.send(&late).await.expect("send");
+                } else {
+                    link.send(&terminal.answer_poll(Instant::now()))
+                        .await
+                        .expect("send");
+                }
+            } else if let Some(answered) = terminal.receive(&frame.message) {
+                break answered;
+            }
+        };
+        assert_eq!(
+            answered,
+            Answered::Acked {
+                terminal: "gate-1".into(),
+                term_seq: 7,
+                button: 3
+            },
+            "a hello, then the vote, each answering its own poll"
+        );
+        let votes = journal.handle().read_after(0, 10).await.expect("read");
+        assert_eq!(
+            votes.iter().map(|v| v.term_seq).collect::<Vec<_>>(),
+            [Some(7)],
+            "the late answer (term_seq 99) was not stored"
+        );
+        assert_eq!(
+            ctx.registry
+                .counters
+                .unexpected_frames
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
         );
         shutdown.cancel();
         assert!(session.await.expect("task").is_ok());

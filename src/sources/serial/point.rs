@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, POINT_ADDRESS};
 use super::link::{Link, LinkError};
-use super::PortContext;
+use super::{Discarded, Discards, PortContext};
 use crate::model::TerminalId;
 use crate::sources::registry::SourceCounters;
 
@@ -22,6 +22,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let counters = &ctx.registry.counters;
+    let mut discards = Discards::default();
     let mut silence_deadline = Instant::now() + offline_after;
     loop {
         let item = tokio::select! {
@@ -36,13 +37,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let frame = match item {
             Ok(frame) => frame,
             Err(err) => {
-                SourceCounters::bump(&counters.frame_errors);
-                log::debug!(port:% = ctx.port; "discarded bytes: {err}");
+                discards.record(ctx, Discarded::Noise(&err));
                 continue;
             }
         };
         if frame.address != POINT_ADDRESS || !frame.message.from_terminal() {
-            SourceCounters::bump(&counters.unexpected_frames);
+            discards.record(ctx, Discarded::Unexpected(&frame));
             continue;
         }
         SourceCounters::bump(&counters.frames);

@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
+use tokio_serial::{
+    ClearBuffer, DataBits, FlowControl, Parity, SerialPort, SerialPortBuilderExt, SerialStream,
+    StopBits,
+};
 
 /// Why a port could not be opened, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,9 @@ fn classify(path: &str, err: tokio_serial::Error) -> PortError {
     }
 }
 
-/// Opens a port for async use, 8N1 without flow control, exclusively (TIOCEXCL).
+/// Opens a port for async use, 8N1 without flow control, exclusively (TIOCEXCL). Whatever the
+/// port received before it was opened is discarded: on a bus, polls queued up while nobody
+/// listened would each get an answer, all of them stale.
 pub fn open(path: &Path, baud: u32) -> Result<SerialStream, PortError> {
     let text = path.to_string_lossy();
     if !path.exists() {
@@ -67,9 +72,13 @@ pub fn open(path: &Path, baud: u32) -> Result<SerialStream, PortError> {
             path: text.into_owned(),
         });
     }
-    builder(&text, baud)
+    let stream = builder(&text, baud)
         .open_native_async()
-        .map_err(|err| classify(&text, err))
+        .map_err(|err| classify(&text, err))?;
+    if let Err(err) = stream.clear(ClearBuffer::Input) {
+        log::debug!(port:% = text; "cannot discard what the port received before: {err}");
+    }
+    Ok(stream)
 }
 
 /// Opens and closes a port at once: what `votegate check` does.

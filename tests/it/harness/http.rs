@@ -192,8 +192,8 @@ impl EventStream {
                         data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
                     }
                 }
-                if event.event.is_empty() && data.is_empty() {
-                    continue; // a keep-alive comment or a retry hint
+                if (event.event.is_empty() && data.is_empty()) || event.event == "ping" {
+                    continue; // a keep-alive or a retry hint
                 }
                 event.data = data.join("\n");
                 return Some(event);

@@ -9,15 +9,18 @@ pub mod powercut_fs;
 pub mod proxy;
 pub mod pty;
 pub mod subscriber;
+pub mod terminal;
 pub mod votes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-/// The `votegate` binary built for this test run.
-pub fn votegate_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_votegate")
+/// The `votegate` binary built for this test run, or the one `VOTEGATE_TEST_BINARY` names: a
+/// new black-box test can then be run against an older build, to see it fail there.
+pub fn votegate_bin() -> String {
+    std::env::var("VOTEGATE_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_votegate").to_string())
 }
 
 /// A command running `program`, under `VOTEGATE_TEST_RUNNER` when that is set: scripts/cross-test
