@@ -152,7 +152,7 @@ fn main() {
             settings,
             shutdown.clone(),
         ));
-        let intake = Arc::new(Intake::new(service.handle(), clock.clone(), &terminals));
+        let intake = Arc::new(Intake::new(service.handle(), clock.clone()));
         std::mem::forget(service); // lives until the process ends
         (intake, addr)
     });

@@ -141,7 +141,7 @@ fn main() {
     }];
     let clock: Arc<dyn votegate::clock::Clock> = Arc::new(SystemClock::new().expect("clock"));
     let context = PortContext {
-        intake: Arc::new(Intake::new(service.handle(), clock.clone(), &configs)),
+        intake: Arc::new(Intake::new(service.handle(), clock.clone())),
         registry: Arc::new(Registry::new(&configs)),
         clock,
         port: slave.display().to_string(),

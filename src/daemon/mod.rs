@@ -12,7 +12,7 @@
 //! everything durable and stops. The whole sequence stays well inside systemd's default 90 s and
 //! the contract's 5 s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,11 +215,7 @@ impl Daemon {
         journal: &JournalService,
         shutdown: CancellationToken,
     ) -> Daemon {
-        let intake = Arc::new(Intake::new(
-            journal.handle(),
-            clock.clone(),
-            &config.terminals,
-        ));
+        let intake = Arc::new(Intake::new(journal.handle(), clock.clone()));
         let registry = Arc::new(Registry::new(&config.terminals));
         let (uplink_state, uplink) = watch::channel(UplinkState::not_configured());
         let (health, health_settings) = watch::channel(config.health);
@@ -427,7 +423,10 @@ impl Daemon {
             }
         }
         if plan.filter {
-            apply_filter_intervals(&self.intake, reload::filter_intervals(&file));
+            let (default, intervals) = filter_intervals(&file);
+            if let Err(err) = self.journal.set_filter(default, intervals) {
+                log::warn!("the new filter intervals were not applied: {err}");
+            }
         }
         let old = std::mem::replace(&mut self.config, file);
         let specs = reload::units(&self.config);
@@ -481,18 +480,11 @@ impl Daemon {
     }
 }
 
-/// The seam for the anti-abuse filter's settings: receives each terminal's `min-interval`
-/// after a reload. The filter is moving into the journal's writer (issue 14, point 4); until
-/// that lands, new intervals apply after a restart, and a terminal added by a reload is
-/// filtered with the built-in default interval. Wire the new filter's update call in here.
-pub fn apply_filter_intervals(
-    _intake: &Intake,
-    intervals: BTreeMap<crate::model::TerminalId, Duration>,
-) {
-    log::warn!(
-        terminals = intervals.len();
-        "filter intervals (min-interval) changed: they apply after a restart (systemctl restart votegate)"
-    );
+/// The anti-abuse filter's intervals: the default for terminals not configured, and each
+/// configured terminal's own (`min-interval`, or the `[filter]` default).
+fn filter_intervals(config: &Config) -> (Duration, HashMap<crate::model::TerminalId, Duration>) {
+    let intervals = reload::filter_intervals(config).into_iter().collect();
+    (crate::config::DEFAULT_MIN_INTERVAL, intervals)
 }
 
 /// What the tallies count by, from a config.
@@ -633,7 +625,9 @@ fn open_gpio_header(
 }
 
 fn open_journal(config: &Config) -> Result<JournalService, DaemonError> {
-    let journal = Journal::open(&config.data_dir, config.journal)?;
+    let mut journal = Journal::open(&config.data_dir, config.journal)?;
+    let (default, intervals) = filter_intervals(config);
+    journal.set_filter(default, intervals);
     let stats = journal.stats();
     log::info!(
         data_dir:% = config.data_dir.display(), depth = stats.depth, next_seq = stats.next_seq,

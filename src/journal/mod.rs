@@ -55,6 +55,7 @@ pub mod block;
 mod codec;
 pub mod counts;
 pub mod dedup;
+pub mod filter;
 pub mod layout;
 mod legacy;
 pub mod record;
@@ -70,6 +71,7 @@ use crate::model::{Press, Seq, TerminalId, Vote};
 use block::VoteStream;
 use counts::{CountChange, Counts};
 use dedup::{ChunkChange, DedupWindow, DEDUP_WINDOW};
+use filter::{Counted, PressFilter};
 use record::{Meta, MinuteTally, RecordError};
 use segments::{Location, Segments};
 use store::{Store, StoreError, WriteBatch};
@@ -210,7 +212,7 @@ impl Default for Limits {
         Limits {
             max_disk_bytes: 256 * MIB,
             when_full: WhenFull::DropOldest,
-            cache_bytes: 8 * MIB,
+            cache_bytes: 4 * MIB,
             tuning: Tuning::default(),
         }
     }
@@ -309,6 +311,8 @@ pub struct OutcomeCounts {
 pub struct Journal {
     dir: PathBuf,
     limits: Limits,
+    /// The anti-abuse filter: decided here, after dedup, remembered once durable.
+    filter: PressFilter,
     open: Option<OpenJournal>,
     /// Drops counted while the store was unavailable, added to `dropped` on the next write.
     unsaved_drops: u64,
@@ -389,6 +393,7 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             limits,
+            filter: PressFilter::default(),
             open: Some(open),
             unsaved_drops: 0,
             commits: 0,
@@ -401,6 +406,16 @@ impl Journal {
         &self.dir
     }
 
+    /// Sets the anti-abuse filter's intervals: `default` for terminals not in `intervals`.
+    /// Without a call nothing is filtered.
+    pub fn set_filter(
+        &mut self,
+        default: std::time::Duration,
+        intervals: std::collections::HashMap<TerminalId, std::time::Duration>,
+    ) {
+        self.filter.set_intervals(default, intervals);
+    }
+
     /// Stores presses durably; one write serves them all (group commit). Outcomes are in the
     /// order of `presses`. On error nothing was acknowledged: the caller may retry.
     pub fn append(&mut self, presses: Vec<Press>) -> Result<Vec<Outcome>, JournalError> {
@@ -408,14 +423,19 @@ impl Journal {
         let unsaved_drops = self.unsaved_drops;
         let dropped_before = self.stats().dropped;
         let retransmittable: Vec<bool> = presses.iter().map(|p| p.term_seq.is_some()).collect();
+        // Out of `self` for the call (`with_store` borrows all of it), back right after.
+        let filter = std::mem::take(&mut self.filter);
+        let mut counted = Counted::new();
         let result = self.with_store(|open, dir| {
             open.meta.dropped += unsaved_drops;
-            let outcomes = open.append(presses, &limits);
+            let outcomes = open.append(presses, &limits, &filter, &mut counted);
             open.commit(dir, &limits)?;
             Ok(outcomes)
         });
+        self.filter = filter;
         match result {
             Ok(outcomes) => {
+                self.filter.remember(counted);
                 self.unsaved_drops = 0;
                 self.commits += 1;
                 for outcome in &outcomes {
@@ -808,7 +828,15 @@ impl OpenJournal {
     }
 
     /// Numbers and stores the presses in memory; [`OpenJournal::commit`] makes them durable.
-    fn append(&mut self, presses: Vec<Press>, limits: &Limits) -> Vec<Outcome> {
+    /// The filter judges each new press; the ones it counted go into `counted`, for the caller
+    /// to remember once the commit is durable.
+    fn append(
+        &mut self,
+        presses: Vec<Press>,
+        limits: &Limits,
+        filter: &PressFilter,
+        counted: &mut Counted,
+    ) -> Vec<Outcome> {
         let budget = votes_budget(limits.max_disk_bytes);
         let first_new = self.meta.next_seq;
         let mut outcomes = Vec::with_capacity(presses.len());
@@ -819,7 +847,10 @@ impl OpenJournal {
                     continue;
                 }
             }
-            let vote = Vote::accept(self.meta.next_seq, press);
+            let mut vote = Vote::accept(self.meta.next_seq, press);
+            // Judged on a copy: a press that is refused below must not count.
+            let mut judged = counted.clone();
+            vote.filtered |= filter.judge(&mut judged, &vote.terminal, &vote.press_time());
             let cost = self.cost_of(&vote);
             if self.charged + cost > budget && limits.when_full == WhenFull::DropOldest {
                 self.drop_oldest(cost, budget, first_new);
@@ -832,6 +863,7 @@ impl OpenJournal {
                 continue;
             }
             self.charged += cost;
+            *counted = judged;
             self.dedup_remember(&vote);
             self.counts.add(&vote);
             self.meta.next_seq += 1;

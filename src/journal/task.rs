@@ -6,6 +6,7 @@
 //! votes. A dedicated OS thread rather than a tokio task: each commit blocks on fsync, and the
 //! journal must keep committing even when the async runtime is busy.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::{Journal, JournalError, JournalStats, MinuteTallies, Outcome};
-use crate::model::{Press, Seq, Vote};
+use crate::model::{Press, Seq, TerminalId, Vote};
 
 /// Most requests handled per commit: bounds the latency of the last one in a burst.
 const MAX_GROUP: usize = 128;
@@ -47,6 +48,10 @@ enum Request {
     MinuteTallies {
         reply: oneshot::Sender<Result<MinuteTallies, JournalError>>,
     },
+    SetFilter {
+        default: Duration,
+        intervals: HashMap<TerminalId, Duration>,
+    },
     Shutdown {
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
@@ -78,6 +83,16 @@ impl JournalHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Read { after, max, reply })?;
         answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Sets the anti-abuse filter's intervals (see [`Journal::set_filter`]); presses appended
+    /// after this call are judged with them.
+    pub fn set_filter(
+        &self,
+        default: Duration,
+        intervals: HashMap<TerminalId, Duration>,
+    ) -> Result<(), JournalError> {
+        self.send(Request::SetFilter { default, intervals })
     }
 
     /// The minute counts (see [`Journal::minute_tallies`]).
@@ -249,6 +264,10 @@ impl Committer {
                     presses.push(press);
                     replies.push(reply);
                 }
+                // Before the group's appends: a reload's filter applies to what follows it.
+                Request::SetFilter { default, intervals } => {
+                    self.journal.set_filter(default, intervals);
+                }
                 other => others.push(other),
             }
         }
@@ -268,7 +287,7 @@ impl Committer {
                     let _ = reply.send(self.journal.minute_tallies());
                 }
                 Request::Shutdown { reply } => shutdown = Some(reply),
-                Request::Append { .. } => {}
+                Request::Append { .. } | Request::SetFilter { .. } => {}
             }
         }
         self.publish_stats();

@@ -8,6 +8,7 @@ mod bus;
 mod cli;
 mod config_files;
 mod display;
+mod filter;
 mod gpio;
 mod harness;
 mod health;

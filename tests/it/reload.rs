@@ -146,8 +146,8 @@ fn sighup_adds_a_terminal_without_losing_or_doubling_a_vote() {
     assert_eq!(per_terminal.get("entrance"), Some(&150));
     assert_eq!(per_terminal.get("exit"), Some(&60));
 
-    // The tallies count each acknowledged vote once (a filtered vote apart: the filter's
-    // intervals for an added terminal apply after a restart).
+    // The tallies count each acknowledged vote once (counted, outside hours or filtered: the
+    // added terminal is judged with its own min-interval from the reload on).
     let tallies = http::get(addr, "/api/v1/tallies").json();
     for (terminal, acks) in &per_terminal {
         let windows = &tallies["terminals"][terminal.as_str()];

@@ -332,7 +332,7 @@ mod tests {
         let registry = Arc::new(Registry::new(std::slice::from_ref(&config)));
         let header = Arc::new(SimulatedHeader::default());
         let context = GpioContext {
-            intake: Arc::new(Intake::new(journal.handle(), clock.clone(), &[config])),
+            intake: Arc::new(Intake::new(journal.handle(), clock.clone())),
             registry: registry.clone(),
             clock,
             header: header.clone(),

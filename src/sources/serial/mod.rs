@@ -291,7 +291,7 @@ mod tests {
             .collect();
         let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(1_795_000_000_000));
         let context = PortContext {
-            intake: Arc::new(Intake::new(journal.handle(), clock.clone(), &configs)),
+            intake: Arc::new(Intake::new(journal.handle(), clock.clone())),
             registry: Arc::new(Registry::new(&configs)),
             clock,
             port: "/dev/test".to_string(),

@@ -5,7 +5,12 @@
 //! person hammering a button thus counts once per interval, while a queue of customers (who take
 //! longer than two seconds each to reach the terminal) all count. Filtered presses do not extend
 //! the interval, so a long hammering session counts once per interval, not once in total.
-//! The state is in memory: the first press after a restart always counts.
+//!
+//! The journal decides, in its single writer, after deduplication: a retransmission is answered
+//! from the duplicate window and never reaches the filter, and a press is remembered as counted
+//! only once its commit is durable ([`PressFilter::remember`]). A press refused (a full journal)
+//! or lost to a storage error is thus not counted, and its retransmission is judged afresh. The
+//! state is in memory: the first press after a restart always counts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,12 +18,15 @@ use std::time::Duration;
 use crate::model::{BootId, PressTime, TerminalId};
 
 /// Per-terminal memory of the last counted press.
-#[derive(Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PressFilter {
     default_interval: Duration,
     intervals: HashMap<TerminalId, Duration>,
-    last_counted: HashMap<TerminalId, (BootId, u64)>,
+    last_counted: Counted,
 }
+
+/// The last counted press of each terminal: `(boot, monotonic ms)`.
+pub type Counted = HashMap<TerminalId, (BootId, u64)>;
 
 impl PressFilter {
     /// A filter with `default_interval` for terminals not listed in `intervals`.
@@ -33,27 +41,53 @@ impl PressFilter {
         }
     }
 
-    /// Decides whether a press is filtered, and remembers it if it counts.
-    pub fn is_filtered(&mut self, terminal: &TerminalId, at: &PressTime) -> bool {
+    /// Takes new intervals (a reload), keeping what was counted.
+    pub fn set_intervals(
+        &mut self,
+        default_interval: Duration,
+        intervals: HashMap<TerminalId, Duration>,
+    ) {
+        self.default_interval = default_interval;
+        self.intervals = intervals;
+    }
+
+    /// Whether a press is filtered, given the presses counted so far and those `pending` in the
+    /// current commit. A press that counts is added to `pending`.
+    pub fn judge(&self, pending: &mut Counted, terminal: &TerminalId, at: &PressTime) -> bool {
         let interval = self
             .intervals
             .get(terminal)
             .copied()
             .unwrap_or(self.default_interval);
         let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        if let Some((boot, last_ms)) = self.last_counted.get(terminal) {
+        let last = pending
+            .get(terminal)
+            .or_else(|| self.last_counted.get(terminal));
+        if let Some((boot, last_ms)) = last {
             // Monotonic times compare only within one boot.
             if *boot == at.boot_id && at.mono_ms.abs_diff(*last_ms) < interval_ms {
                 return true;
             }
         }
-        let newest = match self.last_counted.get(terminal) {
+        let newest = match last {
             Some((boot, last_ms)) if *boot == at.boot_id => at.mono_ms.max(*last_ms),
             _ => at.mono_ms,
         };
-        self.last_counted
-            .insert(terminal.clone(), (at.boot_id, newest));
+        pending.insert(terminal.clone(), (at.boot_id, newest));
         false
+    }
+
+    /// Remembers the presses a durable commit counted.
+    pub fn remember(&mut self, counted: Counted) {
+        self.last_counted.extend(counted);
+    }
+
+    /// Judges one press and remembers it at once (a commit of one).
+    pub fn is_filtered(&mut self, terminal: &TerminalId, at: &PressTime) -> bool {
+        let mut pending = Counted::new();
+        let filtered = self.judge(&mut pending, terminal, at);
+        self.remember(pending);
+        filtered
     }
 }
 
@@ -100,6 +134,19 @@ mod tests {
         let mut filter = PressFilter::new(Duration::ZERO, HashMap::new());
         assert!(!filter.is_filtered(&id("a"), &at(5)));
         assert!(!filter.is_filtered(&id("a"), &at(5)));
+    }
+
+    #[test]
+    fn a_press_judged_but_not_made_durable_is_not_remembered() {
+        let mut filter = PressFilter::new(Duration::from_secs(2), HashMap::new());
+        let mut refused = Counted::new();
+        assert!(!filter.judge(&mut refused, &id("a"), &at(0)));
+        // The commit failed: nothing remembered, the retransmission counts.
+        assert!(!filter.is_filtered(&id("a"), &at(10)));
+        // Two presses in one commit: the second is judged against the first.
+        let mut pending = Counted::new();
+        assert!(!filter.judge(&mut pending, &id("b"), &at(0)));
+        assert!(filter.judge(&mut pending, &id("b"), &at(500)));
     }
 
     #[test]
