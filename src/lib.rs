@@ -7,14 +7,14 @@
 //! ## The pipeline is the module tree
 //!
 //! ```text
-//! sources (simulated, serial) ──Append{press, reply}──▶ journal (sled, group commit)
+//! sources (simulated, serial, gpio) ──Append{press, reply}──▶ journal (log, blocks, sled; group commit)
 //!                                                     │ accepted votes (broadcast)
 //!                         ┌───────────────────────────┼──────────────────────┐
 //!                         ▼                           ▼                      ▼
 //!                  tallies → display          uplink (MQTT/TLS)          status
 //!                                                     │ ack_through(seq)
 //!                                                     ▼
-//!                                           journal deletes acked votes
+//!                                     journal releases acked votes
 //! ```
 //!
 //! | module | owns |
@@ -22,14 +22,14 @@
 //! | [`model`] | `Vote`, `Press`, `Button`, `TerminalId`: plain data, no I/O |
 //! | [`clock`] | wall clock, boot-relative monotonic time, boot id, NTP sync state, re-stamping |
 //! | [`config`] | the TOML file: raw serde structs → validated [`config::Config`] |
-//! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the press filter, the sources (simulated, serial) |
+//! | [`sources`] | the hand-off to the journal ([`sources::Intake`]), the sources (simulated, serial, gpio) |
 //! | [`backoff`] | exponential backoff with jitter for everything that reconnects |
 //! | [`tallies`] | windows and scores, the live feed |
 //! | [`display`] | the HTTP API and the display page |
 //! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
 //! | [`status`] | the status snapshot |
 //! | [`health`] | healthy or not, and every reason why (pure) |
-//! | [`journal`] | the durable store of votes: group commit, dedup, size bound, acks |
+//! | [`journal`] | the durable store of votes: write-ahead log, blocks, group commit, dedup, the press filter, counts, folder bound, compaction, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
 //! | [`logging`] | operator logs with structured fields |
@@ -41,8 +41,8 @@
 //!   rumqttc and rustls only in `uplink/mqtt.rs`, axum and hyper only in `display/`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
-//!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `sources/filter.rs`,
-//!   `sources/serial/frame.rs`) do no I/O;
+//!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `journal/filter.rs`, `journal/block.rs`,
+//!   `journal/counts.rs`, `sources/serial/frame.rs`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
 pub mod backoff;

@@ -57,8 +57,8 @@ pub(super) fn convert(dir: &Path, number: u64, limits: &Limits) -> Result<(), Jo
     }
 
     let mut counts = Counts::new();
-    old.for_each_prefix(&[record::MINUTE_PREFIX], |key, value| {
-        if let Some((minute, terminal)) = record::parse_minute_key(key) {
+    old.for_each_prefix(&[v1::MINUTE_PREFIX], |key, value| {
+        if let Some((minute, terminal)) = v1::parse_minute_key(key) {
             let tally = v1::decode_minute(value)
                 .map_err(|cause| corrupt(dir, &format!("minute {minute} {terminal}"), cause))?;
             counts.load_legacy_minute(minute, terminal, tally);

@@ -22,21 +22,29 @@
 //!    a new generation and switches to it atomically.
 //!
 //! # Storage
-//! The data folder holds a pointer file and the live generation ([`layout`]); a generation is a
-//! sled database plus a write-ahead log ([`wal`]). A commit appends one record with its new votes
-//! to the log (one page, one `fdatasync`). The votes collect in the open *tail*; when the tail
-//! holds [`Tuning::block_votes`] votes or [`Tuning::block_bytes`] bytes it is sealed into a block,
-//! and the next commit is a *checkpoint*: one sled write of the sealed blocks, the changed
+//! ```text
+//! data-dir/
+//!   CURRENT            names the live generation (layout.rs)
+//!   gen-000007/        sled: the journal's state; wal: the write-ahead log (wal.rs)
+//!   blocks/*.seg       sealed blocks of votes, append-only (segments.rs)
+//! ```
+//! A commit appends one record with its new votes to the log (one page, one `fdatasync`). The
+//! votes collect in the open *tail*; at [`Tuning::block_votes`] votes or [`Tuning::block_bytes`]
+//! bytes the tail is sealed into a block, kept in memory. When the log is full, a *checkpoint*
+//! appends the sealed blocks to the segment files (fsynced), then writes to sled the changed
 //! duplicate-window chunks and counts, the tail and the meta record with the next epoch, flushed
-//! and fsynced; the log then starts again. At open, the log's records of the stored epoch are
-//! replayed on top of the checkpoint.
+//! and fsynced; the log then starts again. At open, the checkpoint is loaded and the log's
+//! records of its epoch replayed on top. Blocks acknowledged before a checkpoint are never
+//! written; a segment file is deleted once every vote in it is below the durable head.
+//!
+//! sled holds only this small state: it keeps in memory what it has touched whatever its cache
+//! setting, so the votes, which can number millions, never pass through it.
 //!
 //! # Key layout (one sled tree per generation)
 //! | key | value |
 //! | --- | --- |
 //! | `m` | [`record::Meta`]: epoch, next seq, tail's first seq, head, dropped |
 //! | `t` | the tail: a block value ([`block`]) of the votes after the last sealed block |
-//! | `b` + first seq (u64 BE) | a sealed block: format byte, vote count, the votes ([`block`]) |
 //! | `w` + id length + terminal id + chunk (u32 BE) | a chunk of a terminal's duplicate window ([`dedup`]) |
 //! | `h` + UTC hour (u32 BE) + id length + terminal id | an hour's counts per minute ([`counts`]) |
 //! | `q` + UTC day (u32 BE) + id length + terminal id | one day's quarter-hour counts ([`counts`]) |
@@ -44,12 +52,12 @@
 //! # Size
 //! `max-disk-size` bounds the data folder: at most `1.1 × max-disk-size + 8 MiB`
 //! ([`folder_limit`]), plus the counts of many terminals. The buffered votes may take
-//! [`votes_budget`] (45 %) of it, charged as the blocks' bytes plus [`BLOCK_OVERHEAD`]; the
-//! rest is room for sled's garbage and for the copy that compaction makes. sled reuses space
-//! only from its own background cleaner, which would write between the journal's fsyncs, so the
-//! journal turns it off and compacts instead ([`Journal::compact`]): when the live generation
-//! plus a copy of its live records would pass the bound, or when it is mostly garbage (after an
-//! outage's backlog was delivered).
+//! [`votes_budget`] (90 %) of it, charged as their blocks' bytes plus [`BLOCK_OVERHEAD`]; the
+//! rest is room for sled, the log and a partly acknowledged first segment. sled reuses space only
+//! from its own background cleaner, which would write between the journal's fsyncs, so the
+//! journal turns it off and compacts instead ([`Journal::compact`]): it copies the live state into
+//! a new generation and switches the pointer, when the folder plus that copy would pass the
+//! bound, or when the generation is over 8 MiB and mostly garbage.
 
 pub mod block;
 mod codec;
@@ -151,7 +159,7 @@ pub struct Tuning {
     /// A segment file of sealed blocks grows to this size, or to 1/32 of `max-disk-size` if
     /// that is smaller (at least 64 KiB), then the next one starts.
     pub segment_bytes: u64,
-    /// Most writes in one sled batch (see [`store::MAX_BATCH_OPS`]).
+    /// Most writes in one sled batch (sled 0.34 misbehaves with large batches that delete).
     pub batch_ops: usize,
     /// Compact after every this many checkpoints, besides when the size calls for it.
     pub compact_every: Option<u64>,

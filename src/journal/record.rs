@@ -10,16 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::codec::{put_varint, Reader};
 use crate::model::{BootId, Button, Seq, TermSeq, TerminalId, Vote};
 
-/// Prefix of block keys: `b` + first seq (u64 big-endian), so key order is seq order.
-pub const BLOCK_PREFIX: u8 = b'b';
 /// The open tail block (the votes after the last sealed block), written at checkpoints.
 pub const TAIL_KEY: &[u8] = b"t";
 /// The single metadata key.
 pub const META_KEY: &[u8] = b"m";
 /// Prefix of duplicate-window chunk keys: `w` + id length (u8) + terminal id + chunk (u32 BE).
 pub const CHUNK_PREFIX: u8 = b'w';
-/// Prefix of minute-count keys: `c` + UTC minute (u32 big-endian) + id length (u8) + terminal id.
-pub const MINUTE_PREFIX: u8 = b'c';
 
 const META_FORMAT_V2: u8 = 2;
 
@@ -32,22 +28,6 @@ pub enum RecordError {
     /// The bytes do not decode.
     #[error("record is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// The key of the block whose first vote is `seq`.
-pub fn block_key(seq: Seq) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = BLOCK_PREFIX;
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// The first seq in a block key.
-pub fn seq_of_block_key(key: &[u8]) -> Option<Seq> {
-    match key {
-        [BLOCK_PREFIX, rest @ ..] => Some(Seq::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
 }
 
 fn push_id(key: &mut Vec<u8>, terminal: &TerminalId) {
@@ -82,26 +62,6 @@ pub fn parse_chunk_key(key: &[u8]) -> Option<(TerminalId, u32)> {
     };
     let (terminal, chunk) = parse_id(rest)?;
     Some((terminal, u32::from_be_bytes(chunk.try_into().ok()?)))
-}
-
-/// The key of the counts of `terminal` in UTC minute `minute` (minutes since the Unix epoch).
-pub fn minute_key(minute: u32, terminal: &TerminalId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(6 + terminal.as_str().len());
-    key.push(MINUTE_PREFIX);
-    key.extend_from_slice(&minute.to_be_bytes());
-    push_id(&mut key, terminal);
-    key
-}
-
-/// The `(minute, terminal)` in a minute-count key.
-pub fn parse_minute_key(key: &[u8]) -> Option<(u32, TerminalId)> {
-    let [MINUTE_PREFIX, m0, m1, m2, m3, rest @ ..] = key else {
-        return None;
-    };
-    let (terminal, after) = parse_id(rest)?;
-    after
-        .is_empty()
-        .then(|| (u32::from_be_bytes([*m0, *m1, *m2, *m3]), terminal))
 }
 
 /// Votes of one terminal in one minute (or quarter-hour): counted ones per button, and
@@ -212,9 +172,33 @@ pub mod v1 {
     pub const VOTE_PREFIX: u8 = b'v';
     /// Prefix of dedup keys: `d` + id length (u8) + terminal id + term_seq (u64 big-endian).
     pub const DEDUP_PREFIX: u8 = b'd';
+    /// Prefix of format 1's minute-count keys: `c` + UTC minute (u32 big-endian) + id length (u8) +
+    /// terminal id.
+    pub const MINUTE_PREFIX: u8 = b'c';
+
     const VOTE_FORMAT_V1: u8 = 1;
     const META_FORMAT_V1: u8 = 1;
     const MINUTE_FORMAT_V1: u8 = 1;
+
+    /// The key of the counts of `terminal` in UTC minute `minute` (minutes since the Unix epoch).
+    pub fn minute_key(minute: u32, terminal: &TerminalId) -> Vec<u8> {
+        let mut key = Vec::with_capacity(6 + terminal.as_str().len());
+        key.push(MINUTE_PREFIX);
+        key.extend_from_slice(&minute.to_be_bytes());
+        push_id(&mut key, terminal);
+        key
+    }
+
+    /// The `(minute, terminal)` in a minute-count key.
+    pub fn parse_minute_key(key: &[u8]) -> Option<(u32, TerminalId)> {
+        let [MINUTE_PREFIX, m0, m1, m2, m3, rest @ ..] = key else {
+            return None;
+        };
+        let (terminal, after) = parse_id(rest)?;
+        after
+            .is_empty()
+            .then(|| (u32::from_be_bytes([*m0, *m1, *m2, *m3]), terminal))
+    }
 
     /// The seq in a vote key.
     pub fn seq_of_vote_key(key: &[u8]) -> Option<Seq> {
@@ -314,6 +298,16 @@ pub mod v1 {
         use super::*;
 
         #[test]
+        fn minute_keys_sort_by_minute_and_round_trip() {
+            let a = TerminalId::new("entrance").expect("valid");
+            assert!(minute_key(100, &a) < minute_key(101, &a));
+            assert_eq!(
+                parse_minute_key(&minute_key(29_916_666, &a)),
+                Some((29_916_666, a))
+            );
+            assert_eq!(super::super::minute_of(1_795_000_000_000), 29_916_666);
+        }
+        #[test]
         fn a_vote_written_by_format_1_decodes() {
             // The bytes format 1 stored for one vote (pinned in the release that wrote them).
             let hex =
@@ -340,13 +334,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_keys_sort_by_seq() {
-        assert!(block_key(255) < block_key(256));
-        assert_eq!(seq_of_block_key(&block_key(1 << 40)), Some(1 << 40));
-        assert_eq!(seq_of_block_key(b"m"), None);
-    }
-
-    #[test]
     fn chunk_keys_round_trip_and_do_not_collide_across_terminals() {
         let a = TerminalId::new("ab").expect("valid");
         let b = TerminalId::new("a").expect("valid");
@@ -354,17 +341,6 @@ mod tests {
         assert_ne!(chunk_key(&a, 5), chunk_key(&b, 5));
         assert!(chunk_key(&a, 1) < chunk_key(&a, 2));
         assert_eq!(parse_chunk_key(b"wxx"), None);
-    }
-
-    #[test]
-    fn minute_keys_sort_by_minute_and_round_trip() {
-        let a = TerminalId::new("entrance").expect("valid");
-        assert!(minute_key(100, &a) < minute_key(101, &a));
-        assert_eq!(
-            parse_minute_key(&minute_key(29_916_666, &a)),
-            Some((29_916_666, a))
-        );
-        assert_eq!(minute_of(1_795_000_000_000), 29_916_666);
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! # Files
 //! `blocks/{first seq:020}.seg` in the data folder, shared by every generation. A file holds
 //! blocks with consecutive seqs, each framed as `[len: u32 LE][crc32: u32 LE][first seq: u64 LE]`
-//! followed by `len` bytes of block value ([`super::block`]). A file grows to [`Segments::new`]'s
-//! `max_bytes`, then the next block starts a new one (its folder entry made durable before a
-//! checkpoint counts on it).
+//! followed by `len` bytes of block value ([`super::block`]). A file grows to the segment size
+//! ([`super::Tuning::segment_bytes`]), then the next block starts a new one (its folder entry
+//! made durable before a checkpoint counts on it).
 //!
 //! At open the files are scanned frame by frame. Blocks at or after the checkpoint's tail were
 //! appended by a checkpoint that did not finish (their votes are in the write-ahead log): they are

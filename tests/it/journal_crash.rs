@@ -67,12 +67,18 @@ fn acknowledged_votes_survive_sigkill_at_random_moments() {
         totals.1 += verified.duplicates;
     }
     eprintln!(
-        "{KILLS} kills: {} votes acknowledged, {} retransmissions deduplicated",
-        totals.0, totals.1
+        "{KILLS} kills: {} votes acknowledged, {} retransmissions deduplicated, journal steps {:?}",
+        totals.0,
+        totals.1,
+        history.steps()
     );
     // A floor that shows the test tested something, low enough for a loaded machine.
     assert!(totals.0 > KILLS * 4, "the appender barely ran: {totals:?}");
     assert!(totals.1 > 0, "no retransmission was tested");
+    assert!(
+        history.compactions() > 0,
+        "no compaction ran between the kills"
+    );
 }
 
 #[test]
@@ -108,7 +114,12 @@ fn acknowledged_votes_survive_power_cuts() {
     }
     let counters = fs.counters();
     eprintln!(
-        "{POWER_CUTS} power cuts: {appended} votes acknowledged, {lost_pages} unsynced pages lost, {counters:?}"
+        "{POWER_CUTS} power cuts: {appended} votes acknowledged, {lost_pages} unsynced pages lost, {counters:?}, journal steps {:?}",
+        history.steps()
+    );
+    assert!(
+        history.compactions() > 0,
+        "no compaction ran between the cuts"
     );
     assert!(
         appended > POWER_CUTS * 5,

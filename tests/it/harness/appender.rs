@@ -48,10 +48,10 @@ pub fn limits() -> Limits {
         tuning: Tuning {
             block_votes: 16,
             block_bytes: 512,
-            wal_bytes: 16 * 1024,
+            wal_bytes: 8 * 1024,
             segment_bytes: 8 * 1024,
             batch_ops: 8,
-            compact_every: Some(4),
+            compact_every: Some(2),
             on_step: Some(crash_point),
         },
     }
@@ -81,10 +81,15 @@ fn crash_point(step: Step) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static FIRST_SEEN: AtomicU64 = AtomicU64::new(0);
     static SEEN: AtomicU64 = AtomicU64::new(0);
+    let name = format!("{step:?}");
+    if step != Step::LogRecordWritten {
+        // Reported like the appends (whole lines on stdout), so the tests can tell that kills
+        // landed among checkpoints and compactions.
+        println!("S {name}");
+    }
     let Some((first, (target, count))) = crash_plan() else {
         return;
     };
-    let name = format!("{step:?}");
     if let Some((first_step, first_count)) = first {
         if FIRST_SEEN.load(Ordering::SeqCst) < *first_count {
             if name == *first_step {
@@ -209,9 +214,21 @@ pub struct History {
     /// `next_seq` of the journal at the last verification: later seqs must be at least this.
     seq_floor: u64,
     next_term_seq: BTreeMap<String, u64>,
+    /// How often each journal step ([`Step`]) was reported, over all runs.
+    steps: BTreeMap<String, usize>,
 }
 
 impl History {
+    /// How often each journal step was reached, over all runs.
+    pub fn steps(&self) -> &BTreeMap<String, usize> {
+        &self.steps
+    }
+
+    /// How many compactions finished, over all runs.
+    pub fn compactions(&self) -> usize {
+        self.steps.get("OldGenerationRemoved").copied().unwrap_or(0)
+    }
+
     /// Where each terminal should restart: three term_seqs back, so that the first presses after
     /// a restart are retransmissions of votes that may or may not have been acknowledged.
     pub fn restart_points(&self) -> BTreeMap<String, u64> {
@@ -267,6 +284,9 @@ impl History {
                     }
                     let next = self.next_term_seq.entry(key.0).or_default();
                     *next = (*next).max(term_seq + 1);
+                }
+                ["S", step] => {
+                    *self.steps.entry(step.to_string()).or_default() += 1;
                 }
                 ["K", seq] => {
                     let seq: u64 = seq.parse().map_err(|_| format!("bad line {line:?}"))?;
