@@ -243,7 +243,7 @@ fn phase(spec: &str) {
             row(
                 &format!("read and acknowledge all {votes} (5,000 per ack)"),
                 format!(
-                    "{:.0} votes/s; {:.1} B written per vote for the deletes; peak RSS {peak:.1} MiB",
+                    "{:.0} votes/s; {:.2} B written per vote for the deletes; peak RSS {peak:.1} MiB",
                     votes as f64 / elapsed.as_secs_f64(),
                     delete_bytes as f64 / votes as f64
                 ),

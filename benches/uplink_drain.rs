@@ -162,7 +162,7 @@ fn main() {
     println!("(the bridge's RSS holding all {votes} votes before its link opened: {bridge_buffered_rss} MiB)");
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!("| votegate holding {votes} votes (link stalled) | RSS {holding_rss} MiB (bound ≤ 24 MiB); journal folder {:.1} MiB | | |", mib(folder_before));
-    println!("| votegate while draining | peak RSS {gateway_rss} MiB (bound ≤ 32 MiB); {deletes_per_vote:.1} B written to disk per vote (bound ≤ 32 B); folder after {:.1} MiB | | |", mib(folder_after));
+    println!("| votegate while draining | peak RSS {gateway_rss} MiB (bound ≤ 32 MiB); {deletes_per_vote:.2} B written to disk per vote (bound ≤ 32 B); folder after {:.1} MiB | | |", mib(folder_after));
     println!(
         "| ratio votegate / bridge | {:.1}× faster (bound ≥ 5×; votegate ≥ 500,000 votes/s) | {:.1}× the CPU | |",
         bridge_time.as_secs_f64() / gateway_time.as_secs_f64(),

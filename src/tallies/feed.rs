@@ -12,8 +12,11 @@ use tokio::sync::broadcast;
 
 use crate::model::Seq;
 
-/// Vote events kept for replay.
+/// Vote events kept for replay…
 pub const REPLAY_CAPACITY: usize = 1024;
+/// …and at most this many bytes of them: a vote event carries the tallies of every terminal,
+/// 100 KB at a site of 256 terminals, and 1,024 of those were 100 MiB of a burst's RSS.
+pub const REPLAY_BYTES: usize = 1024 * 1024;
 /// Events buffered per screen; one that lags further is resynchronised with a snapshot.
 const CHANNEL_CAPACITY: usize = 256;
 
@@ -47,6 +50,8 @@ pub struct LiveFeed {
 #[derive(Debug)]
 struct Recent {
     events: VecDeque<Arc<LiveEvent>>,
+    /// Bytes of the events' data.
+    bytes: usize,
     /// One past the highest seq this feed can have sent: the journal's `next_seq` at start,
     /// then past every vote event.
     next_seq: Seq,
@@ -64,7 +69,8 @@ impl LiveFeed {
         LiveFeed {
             sender: broadcast::channel(CHANNEL_CAPACITY).0,
             recent: Mutex::new(Recent {
-                events: VecDeque::with_capacity(REPLAY_CAPACITY),
+                events: VecDeque::new(),
+                bytes: 0,
                 next_seq,
             }),
         }
@@ -75,10 +81,15 @@ impl LiveFeed {
         let event = Arc::new(event);
         if let Some(id) = event.id {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            if recent.events.len() == REPLAY_CAPACITY {
-                recent.events.pop_front();
-            }
+            recent.bytes += event.data.len();
             recent.events.push_back(event.clone());
+            while recent.events.len() > REPLAY_CAPACITY
+                || (recent.bytes > REPLAY_BYTES && recent.events.len() > 1)
+            {
+                if let Some(old) = recent.events.pop_front() {
+                    recent.bytes -= old.data.len();
+                }
+            }
             recent.next_seq = recent.next_seq.max(id + 1);
         }
         // No screen connected is fine.
@@ -178,6 +189,27 @@ mod tests {
         assert!(
             matches!(feed.subscribe(Some(100)).0, Catchup::Replay(e) if e.len() == REPLAY_CAPACITY)
         );
+    }
+
+    #[test]
+    fn the_replay_buffer_holds_at_most_a_mebibyte() {
+        let feed = LiveFeed::new(1);
+        // Events as large as a site of 256 terminals makes them.
+        let big = |id: Seq| LiveEvent {
+            id: Some(id),
+            kind: "vote",
+            data: "x".repeat(100_000),
+        };
+        for id in 1..=100 {
+            feed.publish(big(id));
+        }
+        let recent = feed.recent.lock().expect("lock");
+        assert!(recent.bytes <= REPLAY_BYTES, "{} bytes kept", recent.bytes);
+        assert_eq!(recent.events.len(), REPLAY_BYTES / 100_000);
+        drop(recent);
+        // A screen that missed more than that gets a snapshot; a recent one its replay.
+        assert!(matches!(feed.subscribe(Some(50)).0, Catchup::Snapshot));
+        assert!(matches!(feed.subscribe(Some(98)).0, Catchup::Replay(e) if e.len() == 2));
     }
 
     #[test]

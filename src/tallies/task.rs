@@ -43,8 +43,12 @@ pub struct TalliesOutput {
 #[derive(Serialize)]
 struct VoteEventData<'a> {
     vote: VoteJson<'a>,
-    tallies: &'a TalliesSnapshot,
+    /// The tallies after this vote; only on the last vote of a burst that arrived together.
+    tallies: Option<&'a TalliesSnapshot>,
 }
+
+/// Most votes taken from the broadcast before the tallies are computed once for all of them.
+const BURST: usize = 256;
 
 /// A vote as screens see it.
 #[derive(Serialize)]
@@ -162,7 +166,18 @@ impl Follower {
                     Err(_) => following = false,
                 },
                 received = votes.recv() => match received {
-                    Ok(vote) => self.add(&vote),
+                    Ok(vote) => {
+                        // Whatever else has arrived goes with it: the tallies cost one pass over
+                        // every terminal's minutes, once per burst rather than once per vote.
+                        let mut burst = vec![vote];
+                        while burst.len() < BURST {
+                            match votes.try_recv() {
+                                Ok(vote) => burst.push(vote),
+                                Err(_) => break,
+                            }
+                        }
+                        self.add(&burst);
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         log::warn!("tallies fell {missed} votes behind; rebuilding from the journal");
                         self.rebuild().await;
@@ -173,21 +188,28 @@ impl Follower {
         }
     }
 
-    fn add(&mut self, vote: &Vote) {
-        if vote.seq < self.skip_below {
+    /// Counts votes that arrived together and publishes an event for each; the last carries
+    /// the new tallies.
+    fn add(&mut self, votes: &[Vote]) {
+        let votes: Vec<&Vote> = votes.iter().filter(|v| v.seq >= self.skip_below).collect();
+        let Some(last) = votes.last().map(|v| v.seq) else {
             return;
-        }
-        self.tallies.add(vote);
-        let snapshot = Arc::new(self.tallies.snapshot(now_ms(&*self.clock)));
-        let data = VoteEventData {
-            vote: VoteJson::of(vote),
-            tallies: &snapshot,
         };
-        self.feed.publish(LiveEvent {
-            id: Some(vote.seq),
-            kind: "vote",
-            data: serde_json::to_string(&data).unwrap_or_default(),
-        });
+        for vote in &votes {
+            self.tallies.add(vote);
+        }
+        let snapshot = Arc::new(self.tallies.snapshot(now_ms(&*self.clock)));
+        for vote in votes {
+            let data = VoteEventData {
+                vote: VoteJson::of(vote),
+                tallies: (vote.seq == last).then_some(&*snapshot),
+            };
+            self.feed.publish(LiveEvent {
+                id: Some(vote.seq),
+                kind: "vote",
+                data: serde_json::to_string(&data).unwrap_or_default(),
+            });
+        }
         self.snapshot.send_replace(snapshot);
     }
 
