@@ -247,6 +247,14 @@ pub struct TerminalFacts<'a> {
 }
 
 /// Every reason the gateway is unhealthy at `now`; empty when healthy.
+/// Whether the buffered votes fill their budget: within 1 % of it, since they grow and are
+/// dropped a block at a time (a block is under 1 % of the smallest budget) and so rarely reach it
+/// exactly.
+fn journal_full(journal: &JournalFacts) -> bool {
+    journal.max_disk_bytes > 0
+        && journal.charged_bytes >= journal.max_disk_bytes - journal.max_disk_bytes / 100
+}
+
 pub fn assess<'a>(
     settings: &HealthSettings,
     journal: &JournalFacts,
@@ -258,7 +266,7 @@ pub fn assess<'a>(
     if !journal.available {
         reasons.push(HealthReason::JournalUnavailable);
     }
-    if journal.max_disk_bytes > 0 && journal.charged_bytes >= journal.max_disk_bytes {
+    if journal_full(journal) {
         reasons.push(HealthReason::JournalFull {
             depth: journal.depth,
         });
@@ -447,6 +455,18 @@ mod tests {
                 "terminal till: never heard from for 5 min 0 s: /dev/ttyUSB0 does not exist",
             ]
         );
+    }
+
+    #[test]
+    fn a_journal_within_one_percent_of_its_budget_is_full() {
+        let at = |charged_bytes| JournalFacts {
+            charged_bytes,
+            max_disk_bytes: 1_000_000,
+            ..journal()
+        };
+        assert!(!journal_full(&at(989_999)));
+        assert!(journal_full(&at(990_000)));
+        assert!(journal_full(&at(1_000_000)));
     }
 
     #[test]
