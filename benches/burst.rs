@@ -11,23 +11,12 @@
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::RunningChild;
-
-/// (VmRSS, VmHWM) of a process, in MiB.
-fn memory(pid: u32) -> (f64, f64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -63,15 +52,7 @@ fn main() {
             .spawn()
             .unwrap(),
     );
-    let line = gateway
-        .wait_for_stderr("display and HTTP API on http://", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("gateway did not start:\n{}", gateway.stderr_so_far()));
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("address in the log");
+    let addr = harness::http_addr(&gateway);
     let started = Instant::now();
     let depth = loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -86,7 +67,8 @@ fn main() {
         );
     };
     let elapsed = started.elapsed();
-    let (rss, peak) = memory(gateway.pid());
+    let rss = common::rss_now(gateway.pid());
+    let (_, peak) = common::usage(gateway.pid());
     let folder = votegate::journal::layout::folder_bytes(&data_dir) as f64 / (1 << 20) as f64;
     let rebuilds = gateway.stderr_so_far().matches("rebuilding").count();
     unsafe { libc::kill(gateway.pid() as i32, libc::SIGTERM) };
@@ -94,7 +76,7 @@ fn main() {
     println!("| burst | figure | bound |");
     println!("| --- | --- | --- |");
     println!(
-        "| the daemon, {terminals} simulated terminals at 100 presses/s each, no uplink, until {votes} votes are buffered | {depth} votes in {:.1} s ({:.0} votes/s); **peak RSS {peak:.1} MiB**, {rss:.1} MiB at the end; folder {folder:.1} MiB; tallies rebuilt {rebuilds} times | peak RSS ≤ 32 MiB |",
+        "| the daemon, {terminals} simulated terminals at 100 presses/s each, no uplink, until {votes} votes are buffered | {depth} votes in {:.1} s ({:.0} votes/s); **peak RSS {peak} MiB**, {rss} MiB at the end; folder {folder:.1} MiB; tallies rebuilt {rebuilds} times | peak RSS ≤ 32 MiB |",
         elapsed.as_secs_f64(),
         depth as f64 / elapsed.as_secs_f64()
     );

@@ -71,15 +71,7 @@ pub fn start_gateway_with_env(config: &Path, env: &[(&str, &Path)]) -> (RunningC
             .spawn()
             .expect("votegate run"),
     );
-    let line = gateway
-        .wait_for_stderr("display and HTTP API on http://", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("gateway did not start:\n{}", gateway.stderr_so_far()));
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("address in the log");
+    let addr = crate::harness::http_addr(&gateway);
     (gateway, addr)
 }
 

@@ -137,21 +137,8 @@ impl RunningChild {
 
     /// Waits up to `limit` for the child to exit by itself; returns its status (None if it is
     /// still running, in which case it is killed) and its stderr.
-    pub fn wait(
-        mut self,
-        limit: std::time::Duration,
-    ) -> (Option<std::process::ExitStatus>, String) {
-        let deadline = std::time::Instant::now() + limit;
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        let (_, stderr) = self.kill();
+    pub fn wait(self, limit: std::time::Duration) -> (Option<std::process::ExitStatus>, String) {
+        let (status, _, stderr) = self.wait_with_output(limit);
         (status, stderr)
     }
 
@@ -202,6 +189,21 @@ fn drain(
             }
         }
     })
+}
+
+/// The address of a gateway's HTTP API, from its start-up log line (`listen` may be port 0).
+pub fn http_addr(gateway: &RunningChild) -> std::net::SocketAddr {
+    let line = gateway
+        .wait_for_stderr(
+            "display and HTTP API on http://",
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap_or_else(|| panic!("gateway did not start:\n{}", gateway.stderr_so_far()));
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the log")
 }
 
 /// Starts this test binary again, running only the test `name`, with extra environment.
