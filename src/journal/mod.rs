@@ -385,11 +385,9 @@ struct OpenJournal {
     /// Charged bytes of the buffered votes.
     charged: u64,
     oldest: Option<Vote>,
-    /// sled holds deletes not yet flushed.
-    unsynced_acks: bool,
     /// Checkpoints since the last compaction.
     checkpoints: u64,
-    /// The folder's size right after the last compaction (or open), and the live records then.
+    /// The generation's size right after the last compaction (or open).
     compacted_at: u64,
 }
 
@@ -650,7 +648,6 @@ impl OpenJournal {
             counts: Counts::new(),
             charged: 0,
             oldest: None,
-            unsynced_acks: false,
             checkpoints: 0,
             compacted_at: 0,
         };
@@ -975,7 +972,6 @@ impl OpenJournal {
         self.logged = self.meta.next_seq;
         self.unlogged.clear();
         self.durable = (self.meta.head, self.meta.dropped);
-        self.unsynced_acks = false;
         self.checkpoints += 1;
         step(limits, Step::CheckpointWritten);
         self.remove_dead_segments(dir)?;
@@ -1076,14 +1072,10 @@ impl OpenJournal {
 
     /// Whether acknowledgements or drops wait to be made durable.
     fn needs_sync(&self) -> bool {
-        self.unsynced_acks || self.durable != (self.meta.head, self.meta.dropped)
+        self.durable != (self.meta.head, self.meta.dropped)
     }
 
     fn sync(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
-        if self.unsynced_acks {
-            self.store.make_durable().map_err(|e| storage(dir, e))?;
-            self.unsynced_acks = false;
-        }
         if self.durable != (self.meta.head, self.meta.dropped) {
             self.commit(dir, limits)?;
             self.release_dead_blocks();
@@ -1243,7 +1235,6 @@ impl OpenJournal {
         self.logged = self.meta.next_seq;
         self.unlogged.clear();
         self.durable = (self.meta.head, self.meta.dropped);
-        self.unsynced_acks = false;
         self.dedup.mark_saved();
         self.counts.mark_saved();
         self.checkpoints = 0;
