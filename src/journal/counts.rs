@@ -333,6 +333,30 @@ impl Counts {
             .map(|((day, terminal), counts)| (*day, terminal, counts))
     }
 
+    /// The quarter-hours starting at or after `from_minute` (UTC minutes since the epoch), as
+    /// `(quarter since the epoch, terminal, counts)`, oldest first.
+    pub fn quarters_from(&self, from_minute: u32) -> Vec<(u32, TerminalId, MinuteTally)> {
+        let first_day = from_minute / MINUTES_PER_DAY;
+        let first_quarter = from_minute.div_ceil(15);
+        let mut quarters: Vec<(u32, TerminalId, MinuteTally)> = self
+            .days
+            .iter()
+            .filter(|((day, _), _)| *day >= first_day)
+            .flat_map(|((day, terminal), counts)| {
+                counts.quarters.iter().map(move |(quarter, tally)| {
+                    (
+                        day * QUARTERS as u32 + u32::from(*quarter),
+                        terminal.clone(),
+                        *tally,
+                    )
+                })
+            })
+            .filter(|(quarter, _, _)| *quarter >= first_quarter)
+            .collect();
+        quarters.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        quarters
+    }
+
     /// Number of stored records (minutes and days).
     pub fn records(&self) -> usize {
         self.minutes.len() + self.days.len()
@@ -550,6 +574,32 @@ mod tests {
             counts.finish_load();
             counts
         }
+    }
+
+    #[test]
+    fn quarters_from_a_minute_are_the_rolled_up_counts_from_there_on() {
+        let mut counts = Counts::new();
+        let day = i64::from(MINUTES_PER_DAY);
+        counts.add(&vote(1, "a", 0, 4));
+        counts.add(&vote(2, "b", 3 * day, 1));
+        counts.add(&vote(3, "a", 3 * day + 20, 2));
+        counts.add(&vote(4, "a", 8 * day, 3));
+        let minute0 = record::minute_of(T0);
+        let all = counts.quarters_from(0);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[0].0, minute0 / 15);
+        assert_eq!(all[0].2.counted, [0, 0, 0, 1]);
+        let later = counts.quarters_from(minute0 + 1);
+        let seen: Vec<(u32, &str)> = later.iter().map(|(q, t, _)| (*q, t.as_str())).collect();
+        let third_day = (minute0 + 3 * MINUTES_PER_DAY) / 15;
+        let twenty_past = (minute0 + 3 * MINUTES_PER_DAY + 20) / 15;
+        let mut expected = vec![(third_day, "b"), (twenty_past, "a")];
+        expected.sort();
+        assert_eq!(
+            seen, expected,
+            "oldest first; the newest vote is still a minute"
+        );
+        assert_eq!(counts.minutes().count(), 1);
     }
 
     #[test]

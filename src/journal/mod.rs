@@ -87,9 +87,18 @@ use wal::Wal;
 
 pub use task::{spawn, JournalHandle, JournalService};
 
-/// The journal's minute counts `(minute, terminal, counts)` and the `next_seq` they are
-/// consistent with.
-pub type MinuteTallies = (Vec<(u32, TerminalId, MinuteTally)>, Seq);
+/// The journal's counts for the tallies, consistent with `next_seq`: minutes at minute
+/// resolution, and the quarter-hours older minutes were rolled up into.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CountsForTallies {
+    /// `(UTC minute since the epoch, terminal, counts)`, oldest first.
+    pub minutes: Vec<(u32, TerminalId, MinuteTally)>,
+    /// `(UTC quarter-hour since the epoch, terminal, counts)` from the minute asked for on,
+    /// oldest first. A minute is in `minutes` or in its quarter, never in both.
+    pub quarters: Vec<(u32, TerminalId, MinuteTally)>,
+    /// The seq below which every vote is in these counts.
+    pub next_seq: Seq,
+}
 
 /// The smallest `max-disk-size` accepted.
 pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
@@ -532,16 +541,25 @@ impl Journal {
         }
     }
 
-    /// The stored minute counts, and the `next_seq` they are consistent with: they include every
-    /// vote with a lower seq and none with a higher one.
-    pub fn minute_tallies(&mut self) -> Result<MinuteTallies, JournalError> {
+    /// The stored counts the tallies rebuild from: every minute at minute resolution and the
+    /// quarter-hours from `quarters_from_minute` on, with the `next_seq` they are consistent with
+    /// (they include every vote with a lower seq and none with a higher one).
+    pub fn counts_for_tallies(
+        &mut self,
+        quarters_from_minute: u32,
+    ) -> Result<CountsForTallies, JournalError> {
         self.with_store(|open, _| {
-            let tallies = open
+            let minutes = open
                 .counts
                 .minutes()
                 .map(|(minute, terminal, tally)| (minute, terminal.clone(), *tally))
                 .collect();
-            Ok((tallies, open.meta.next_seq))
+            let quarters = open.counts.quarters_from(quarters_from_minute);
+            Ok(CountsForTallies {
+                minutes,
+                quarters,
+                next_seq: open.meta.next_seq,
+            })
         })
     }
 

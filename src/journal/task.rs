@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{Journal, JournalError, JournalStats, MinuteTallies, Outcome};
+use super::{CountsForTallies, Journal, JournalError, JournalStats, Outcome};
 use crate::model::{Press, Seq, TerminalId, Vote};
 
 /// Most requests handled per commit: bounds the latency of the last one in a burst.
@@ -45,8 +45,9 @@ enum Request {
         max: usize,
         reply: oneshot::Sender<Result<Vec<Vote>, JournalError>>,
     },
-    MinuteTallies {
-        reply: oneshot::Sender<Result<MinuteTallies, JournalError>>,
+    CountsForTallies {
+        quarters_from_minute: u32,
+        reply: oneshot::Sender<Result<CountsForTallies, JournalError>>,
     },
     SetFilter {
         default: Duration,
@@ -95,10 +96,16 @@ impl JournalHandle {
         self.send(Request::SetFilter { default, intervals })
     }
 
-    /// The minute counts (see [`Journal::minute_tallies`]).
-    pub async fn minute_tallies(&self) -> Result<MinuteTallies, JournalError> {
+    /// The counts the tallies rebuild from (see [`Journal::counts_for_tallies`]).
+    pub async fn counts_for_tallies(
+        &self,
+        quarters_from_minute: u32,
+    ) -> Result<CountsForTallies, JournalError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Request::MinuteTallies { reply })?;
+        self.send(Request::CountsForTallies {
+            quarters_from_minute,
+            reply,
+        })?;
         answer.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -283,8 +290,11 @@ impl Committer {
                 Request::Read { after, max, reply } => {
                     let _ = reply.send(self.journal.read_after(after, max));
                 }
-                Request::MinuteTallies { reply } => {
-                    let _ = reply.send(self.journal.minute_tallies());
+                Request::CountsForTallies {
+                    quarters_from_minute,
+                    reply,
+                } => {
+                    let _ = reply.send(self.journal.counts_for_tallies(quarters_from_minute));
                 }
                 Request::Shutdown { reply } => shutdown = Some(reply),
                 Request::Append { .. } | Request::SetFilter { .. } => {}

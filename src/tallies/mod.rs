@@ -100,8 +100,11 @@ impl<'de> Deserialize<'de> for Counts {
     }
 }
 
+/// Counted presses in one hour: very unhappy, unhappy, happy, very happy.
+pub type HourCounts = [u64; 4];
+
 /// The windows of one terminal, or of the site.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Windows {
     /// Today, within opening hours.
     pub today: Counts,
@@ -113,6 +116,11 @@ pub struct Windows {
     pub last_15m: Counts,
     /// Votes filtered today (not counted anywhere else).
     pub filtered_today: u64,
+    /// Counted presses in each hour of today (the hours of [`HourAxes::today`]), inside and
+    /// outside opening hours.
+    pub hours: Vec<HourCounts>,
+    /// The same for the same weekday a week before ([`HourAxes::last_week`]).
+    pub hours_last_week: Vec<HourCounts>,
 }
 
 impl Windows {
@@ -122,7 +130,41 @@ impl Windows {
         self.last_60m.add(&other.last_60m);
         self.last_15m.add(&other.last_15m);
         self.filtered_today += other.filtered_today;
+        add_hours(&mut self.hours, &other.hours);
+        add_hours(&mut self.hours_last_week, &other.hours_last_week);
     }
+}
+
+fn add_hours(sum: &mut Vec<HourCounts>, hours: &[HourCounts]) {
+    if sum.len() < hours.len() {
+        sum.resize(hours.len(), [0; 4]);
+    }
+    for (total, hour) in sum.iter_mut().zip(hours) {
+        for (count, add) in total.iter_mut().zip(hour) {
+            *count += add;
+        }
+    }
+}
+
+/// The hours of one tally day: real hours from its start (23 or 25 of them across a DST
+/// change; the autumn's repeated hour appears twice, with its two offsets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourAxis {
+    /// The local date the tally day starts on (`2026-11-28`).
+    pub date: String,
+    /// Each hour's local start, RFC 3339 with offset (`2026-10-25T02:00:00+02:00`).
+    pub starts: Vec<String>,
+    /// Whether the site is open during any of the hour (all true without opening hours).
+    pub open: Vec<bool>,
+}
+
+/// The hours `hours` and `hours_last_week` count in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourAxes {
+    /// Today's tally day.
+    pub today: HourAxis,
+    /// The tally day on the same weekday a week before.
+    pub last_week: HourAxis,
 }
 
 /// All tallies at one moment.
@@ -134,6 +176,8 @@ pub struct TalliesSnapshot {
     pub time_zone: String,
     /// Start of the site's current day (RFC 3339 with offset).
     pub day_start: String,
+    /// The hours of today and of the same weekday a week before.
+    pub hour_axes: HourAxes,
     /// The whole site.
     pub site: Windows,
     /// Each configured terminal (and any other that voted), by id.
@@ -204,6 +248,31 @@ impl TallyRules {
         }
     }
 
+    /// Start and end (UTC ms) of the tally day that starts on local `date`.
+    fn bounds_of_date(&self, date: Date) -> Option<(i64, i64)> {
+        let start = local_ms(&self.zone, date, self.day_start)?;
+        let end = local_ms(&self.zone, date.tomorrow().ok()?, self.day_start)?;
+        Some((start, end))
+    }
+
+    /// The local date of an instant.
+    fn date_of(&self, ms: i64) -> Date {
+        Timestamp::from_millisecond(ms)
+            .map(|t| t.to_zoned(self.zone.clone()).date())
+            .unwrap_or_default()
+    }
+
+    /// Start and end (UTC ms) of the tally day on the same weekday a week before the one
+    /// holding `now_ms`.
+    pub fn last_week_bounds(&self, now_ms: i64) -> (i64, i64) {
+        let (start, end) = self.day_bounds(now_ms);
+        self.date_of(start)
+            .checked_sub(jiff::Span::new().days(7))
+            .ok()
+            .and_then(|date| self.bounds_of_date(date))
+            .unwrap_or((start - 7 * 86_400_000, end - 7 * 86_400_000))
+    }
+
     /// Start and end (UTC ms) of the tally day holding `now_ms`.
     pub fn day_bounds(&self, now_ms: i64) -> (i64, i64) {
         let now = Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -224,11 +293,15 @@ impl TallyRules {
     }
 }
 
-/// The minute counts of every terminal.
+/// The minute counts of every terminal, and its quarter-hour counts for the hours of today and
+/// of a week before.
 #[derive(Clone, Debug)]
 pub struct Tallies {
     rules: TallyRules,
     minutes: BTreeMap<TerminalId, BTreeMap<u32, MinuteTally>>,
+    /// Counted presses per UTC quarter-hour since the epoch. Every time zone's offset is a
+    /// multiple of 15 minutes, so each local hour is four whole quarters.
+    quarters: BTreeMap<TerminalId, BTreeMap<u32, [u32; 4]>>,
 }
 
 impl Tallies {
@@ -240,6 +313,7 @@ impl Tallies {
                 .iter()
                 .map(|t| (t.clone(), BTreeMap::new()))
                 .collect(),
+            quarters: BTreeMap::new(),
         }
     }
 
@@ -256,25 +330,69 @@ impl Tallies {
                 *count += add;
             }
             slot.filtered += tally.filtered;
+            self.add_to_quarter(terminal, minute / 15, &tally.counted);
+        }
+    }
+
+    /// Adds quarter-hour counts (from the journal, after a restart): the minutes the journal
+    /// rolled up, which are not among its minute counts.
+    pub fn load_quarters(&mut self, counts: &[(u32, TerminalId, MinuteTally)]) {
+        for (quarter, terminal, tally) in counts {
+            self.minutes.entry(terminal.clone()).or_default();
+            self.add_to_quarter(terminal, *quarter, &tally.counted);
+        }
+    }
+
+    fn add_to_quarter(&mut self, terminal: &TerminalId, quarter: u32, counted: &[u32; 4]) {
+        let slot = self
+            .quarters
+            .entry(terminal.clone())
+            .or_default()
+            .entry(quarter)
+            .or_default();
+        for (count, add) in slot.iter_mut().zip(counted) {
+            *count += add;
         }
     }
 
     /// Adds one accepted vote.
     pub fn add(&mut self, vote: &Vote) {
+        let minute = minute_of(vote.ts_ms);
         self.minutes
             .entry(vote.terminal.clone())
             .or_default()
-            .entry(minute_of(vote.ts_ms))
+            .entry(minute)
             .or_default()
             .add(vote);
+        if !vote.filtered {
+            let quarter = self
+                .quarters
+                .entry(vote.terminal.clone())
+                .or_default()
+                .entry(minute / 15)
+                .or_default();
+            quarter[vote.button.index()] += 1;
+        }
     }
 
-    /// Forgets minutes before the previous tally day (they can no longer be in any window).
+    /// The first UTC minute whose quarter-hour counts the tallies need at `now_ms`: the
+    /// journal's quarters from there on rebuild them.
+    pub fn quarters_needed_from(&self, now_ms: i64) -> u32 {
+        let (last_week_start, _) = self.rules.last_week_bounds(now_ms);
+        minute_index(last_week_start) / 15 * 15
+    }
+
+    /// Forgets minutes before the previous tally day and quarters before last week's (they can
+    /// no longer be in any window).
     pub fn prune(&mut self, now_ms: i64) {
         let (day_start, _) = self.rules.day_bounds(now_ms);
         let horizon = minute_index(day_start - 26 * 3_600_000);
         for minutes in self.minutes.values_mut() {
             *minutes = minutes.split_off(&horizon);
+        }
+        let quarter_horizon = self.quarters_needed_from(now_ms) / 15;
+        for quarters in self.quarters.values_mut() {
+            *quarters = quarters.split_off(&quarter_horizon);
         }
     }
 
@@ -296,10 +414,23 @@ impl Tallies {
                 }
             }
         };
-        let mut site = Windows::default();
+        let today = HourBuckets::new(day_start, day_end);
+        let (week_start, week_end) = self.rules.last_week_bounds(now_ms);
+        let last_week = HourBuckets::new(week_start, week_end);
+        let mut site = Windows {
+            hours: vec![[0; 4]; today.len()],
+            hours_last_week: vec![[0; 4]; last_week.len()],
+            ..Windows::default()
+        };
         let mut terminals = BTreeMap::new();
+        let no_quarters = BTreeMap::new();
         for (terminal, minutes) in &self.minutes {
-            let mut windows = Windows::default();
+            let quarters = self.quarters.get(terminal).unwrap_or(&no_quarters);
+            let mut windows = Windows {
+                hours: today.count(quarters),
+                hours_last_week: last_week.count(quarters),
+                ..Windows::default()
+            };
             let from = first_today.min(now_minute.saturating_sub(59));
             for (minute, tally) in minutes.range(from..=now_minute) {
                 if (first_today..=last_today).contains(minute) {
@@ -330,8 +461,48 @@ impl Tallies {
                         .to_string()
                 })
                 .unwrap_or_default(),
+            hour_axes: HourAxes {
+                today: self.hour_axis(&today, open.as_deref()),
+                last_week: self.hour_axis(
+                    &last_week,
+                    self.open_intervals(week_start, week_end).as_deref(),
+                ),
+            },
             site,
             terminals,
+        }
+    }
+
+    fn hour_axis(&self, buckets: &HourBuckets, open: Option<&[(i64, i64)]>) -> HourAxis {
+        let local = |ms: i64| {
+            Timestamp::from_millisecond(ms)
+                .map(|t| t.to_zoned(self.rules.zone.clone()))
+                .ok()
+        };
+        let starts = buckets.starts();
+        HourAxis {
+            date: local(buckets.day_start)
+                .map(|z| z.date().to_string())
+                .unwrap_or_default(),
+            starts: starts
+                .iter()
+                .map(|start| {
+                    local(*start)
+                        .map(|z| z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            open: starts
+                .iter()
+                .map(|start| {
+                    let end = start + MS_PER_HOUR;
+                    open.is_none_or(|intervals| {
+                        intervals
+                            .iter()
+                            .any(|(from, to)| *from < end && *to > *start)
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -346,6 +517,62 @@ impl Tallies {
         let last = date_of(day_end);
         Some(hours.intervals(&self.rules.zone, first, last))
     }
+}
+
+const MS_PER_HOUR: i64 = 3_600_000;
+const MS_PER_QUARTER: i64 = 900_000;
+
+/// A tally day cut into real hours from its start rounded down to the quarter-hour (so that a
+/// day starting at 04:10 counts 04:00–05:00 as its first hour).
+struct HourBuckets {
+    day_start: i64,
+    first_quarter: u32,
+    end_quarter: u32,
+    hours: usize,
+}
+
+impl HourBuckets {
+    fn new(day_start: i64, day_end: i64) -> HourBuckets {
+        let first_quarter = quarter_index(day_start);
+        let end_quarter = quarter_index(day_end + MS_PER_QUARTER - 1);
+        let quarters = end_quarter.saturating_sub(first_quarter) as usize;
+        HourBuckets {
+            day_start,
+            first_quarter,
+            end_quarter,
+            hours: quarters.div_ceil(4),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.hours
+    }
+
+    /// Each hour's start (UTC ms).
+    fn starts(&self) -> Vec<i64> {
+        let first = i64::from(self.first_quarter) * MS_PER_QUARTER;
+        (0..self.hours)
+            .map(|hour| first + hour as i64 * MS_PER_HOUR)
+            .collect()
+    }
+
+    /// One terminal's counted presses per hour.
+    fn count(&self, quarters: &BTreeMap<u32, [u32; 4]>) -> Vec<HourCounts> {
+        let mut hours = vec![[0; 4]; self.hours];
+        for (quarter, counted) in quarters.range(self.first_quarter..self.end_quarter) {
+            let hour = ((quarter - self.first_quarter) / 4) as usize;
+            if let Some(slot) = hours.get_mut(hour) {
+                for (count, add) in slot.iter_mut().zip(counted) {
+                    *count += u64::from(*add);
+                }
+            }
+        }
+        hours
+    }
+}
+
+fn quarter_index(ms: i64) -> u32 {
+    u32::try_from(ms.max(0) / MS_PER_QUARTER).unwrap_or(u32::MAX)
 }
 
 fn minute_index(ms: i64) -> u32 {
@@ -588,6 +815,168 @@ mod tests {
         assert_eq!(snap.site.filtered_today, 1);
         assert_eq!(snap.site.last_15m, Counts([0, 0, 0, 1]));
         assert_eq!(snap.site.last_60m, Counts([1, 0, 0, 1]));
+    }
+
+    fn hour_of(axis: &HourAxis, local_start: &str) -> usize {
+        axis.starts
+            .iter()
+            .position(|start| start == local_start)
+            .unwrap_or_else(|| panic!("no hour {local_start} in {:?}", axis.starts))
+    }
+
+    #[test]
+    fn hours_count_today_per_local_hour_and_mark_opening_hours() {
+        let mut rules = berlin();
+        let mut week: [Vec<(Time, Time)>; 7] = Default::default();
+        week[5] = vec![(
+            Time::new(9, 30, 0, 0).expect("t"),
+            Time::new(18, 0, 0, 0).expect("t"),
+        )]; // Saturday 2026-11-28
+        rules.opening_hours = Some(OpeningHours(week));
+        let t = tallies(
+            rules,
+            &[
+                vote("a", 1, ms("2026-11-28T08:59:59"), false),
+                vote("a", 4, ms("2026-11-28T09:00:00"), false),
+                vote("a", 4, ms("2026-11-28T09:59:00"), false),
+                vote("a", 4, ms("2026-11-28T09:59:30"), true),
+                vote("b", 3, ms("2026-11-28T09:15:00"), false),
+            ],
+        );
+        let snap = t.snapshot(ms("2026-11-28T12:00:00"));
+        let axis = &snap.hour_axes.today;
+        assert_eq!(axis.date, "2026-11-28");
+        assert_eq!(axis.starts.len(), 24);
+        assert_eq!(axis.starts[0], "2026-11-28T00:00:00+01:00");
+        let nine = hour_of(axis, "2026-11-28T09:00:00+01:00");
+        assert_eq!(nine, 9);
+        assert!(!axis.open[8] && axis.open[9] && axis.open[17] && !axis.open[18]);
+        let a = &snap.terminals[&TerminalId::new("a").expect("id")];
+        assert_eq!(a.hours[8], [1, 0, 0, 0]);
+        assert_eq!(
+            a.hours[9],
+            [0, 0, 0, 2],
+            "the filtered press is not counted"
+        );
+        assert_eq!(snap.site.hours[9], [0, 0, 1, 2]);
+        assert_eq!(snap.site.hours.iter().flatten().sum::<u64>(), 5 - 1);
+        // Presses outside opening hours are in the hours too (08:59, 09:00 and 09:15: the site
+        // opens at 09:30; the axis says whether an hour was open at all).
+        assert_eq!(snap.site.today_outside_hours.total(), 3);
+    }
+
+    #[test]
+    fn hours_last_week_are_the_same_weekday_a_week_before() {
+        let t = tallies(
+            berlin(),
+            &[
+                vote("a", 2, ms("2026-11-21T10:30:00"), false),
+                vote("a", 3, ms("2026-11-21T23:59:00"), false),
+                vote("a", 3, ms("2026-11-22T00:00:00"), false),
+                vote("a", 4, ms("2026-11-28T10:05:00"), false),
+            ],
+        );
+        let snap = t.snapshot(ms("2026-11-28T11:00:00"));
+        assert_eq!(snap.hour_axes.last_week.date, "2026-11-21");
+        assert_eq!(
+            snap.hour_axes.last_week.starts[0],
+            "2026-11-21T00:00:00+01:00"
+        );
+        let last_week = &snap.site.hours_last_week;
+        assert_eq!(last_week.len(), 24);
+        assert_eq!(last_week[10], [0, 1, 0, 0]);
+        assert_eq!(
+            last_week[23],
+            [0, 0, 1, 0],
+            "the Sunday's first minute is not in it"
+        );
+        assert_eq!(last_week.iter().flatten().sum::<u64>(), 2);
+        assert_eq!(snap.site.hours[10], [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn the_spring_day_has_23_hours_and_the_autumn_day_25() {
+        let spring = tallies(berlin(), &[vote("a", 4, ms("2026-03-29T03:10:00"), false)]);
+        let snap = spring.snapshot(ms("2026-03-29T12:00:00"));
+        let axis = &snap.hour_axes.today;
+        assert_eq!(axis.starts.len(), 23);
+        assert_eq!(axis.starts[1], "2026-03-29T01:00:00+01:00");
+        assert_eq!(axis.starts[2], "2026-03-29T03:00:00+02:00");
+        assert_eq!(snap.site.hours[2], [0, 0, 0, 1]);
+        // A week later, that Sunday (23 hours) is last week's: its axis is its own.
+        let week_later = spring.snapshot(ms("2026-04-05T12:00:00"));
+        assert_eq!(week_later.hour_axes.last_week.starts.len(), 23);
+        assert_eq!(week_later.hour_axes.today.starts.len(), 24);
+        assert_eq!(week_later.site.hours_last_week[2], [0, 0, 0, 1]);
+
+        let first = ms("2026-10-25T02:30:00");
+        let autumn = tallies(
+            berlin(),
+            &[
+                vote("a", 1, first, false),
+                vote("a", 2, first + 3_600_000, false),
+            ],
+        );
+        let snap = autumn.snapshot(ms("2026-10-25T12:00:00"));
+        let axis = &snap.hour_axes.today;
+        assert_eq!(axis.starts.len(), 25);
+        assert_eq!(axis.starts[2], "2026-10-25T02:00:00+02:00");
+        assert_eq!(axis.starts[3], "2026-10-25T02:00:00+01:00");
+        assert_eq!(snap.site.hours[2], [1, 0, 0, 0]);
+        assert_eq!(snap.site.hours[3], [0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn hours_of_a_day_starting_in_the_skipped_hour_begin_just_after_it() {
+        let mut rules = berlin();
+        rules.day_start = Time::new(2, 30, 0, 0).expect("time");
+        let t = tallies(
+            rules,
+            &[
+                vote("a", 4, ms("2026-03-29T03:29:00"), false),
+                vote("a", 3, ms("2026-03-29T03:30:00"), false),
+                vote("a", 2, ms("2026-03-30T03:29:00"), false),
+            ],
+        );
+        let snap = t.snapshot(ms("2026-03-29T12:00:00"));
+        let axis = &snap.hour_axes.today;
+        // 02:30 does not exist that night: the day runs from 03:30 (+02:00) to 02:30 the next
+        // morning, 23 hours.
+        assert_eq!(axis.starts[0], "2026-03-29T03:30:00+02:00");
+        assert_eq!(axis.starts.len(), 23);
+        assert_eq!(snap.site.hours[0], [0, 0, 1, 0]);
+        assert_eq!(snap.site.hours.iter().flatten().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn loading_quarters_equals_adding_the_votes() {
+        let now = ms("2026-11-28T12:00:00");
+        let votes: Vec<Vote> = (0..400)
+            .map(|i| vote("a", 1 + (i % 4) as u8, now - i * 1_999_000, i % 9 == 0))
+            .collect();
+        let added = tallies(berlin(), &votes);
+        // As the journal keeps them: recent minutes, and quarters for the rest.
+        let cut = minute_of((now - 20 * 3_600_000) as u64);
+        let mut minutes: BTreeMap<(u32, TerminalId), MinuteTally> = BTreeMap::new();
+        let mut quarters: BTreeMap<(u32, TerminalId), MinuteTally> = BTreeMap::new();
+        for v in &votes {
+            let minute = minute_of(v.ts_ms);
+            let (map, key) = if minute >= cut {
+                (&mut minutes, minute)
+            } else {
+                (&mut quarters, minute / 15)
+            };
+            map.entry((key, v.terminal.clone())).or_default().add(v);
+        }
+        let mut loaded = Tallies::new(berlin(), &[]);
+        let list = |map: BTreeMap<(u32, TerminalId), MinuteTally>| -> Vec<_> {
+            map.into_iter().map(|((m, t), c)| (m, t, c)).collect()
+        };
+        loaded.load(&list(minutes));
+        loaded.load_quarters(&list(quarters));
+        let (a, b) = (added.snapshot(now), loaded.snapshot(now));
+        assert!(a.site.hours_last_week.iter().flatten().sum::<u64>() > 0);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -102,11 +102,9 @@ pub async fn start_following(
     shutdown: CancellationToken,
 ) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
     let TallySetup { rules, terminals } = setup.borrow_and_update().clone();
-    let mut tallies = Tallies::new(rules.clone(), &terminals);
-    // `votes` was subscribed before this read: votes below `next_seq` are in the counts.
-    let (counts, next_seq) = journal.minute_tallies().await?;
-    tallies.load(&counts);
     let now = now_ms(&*clock);
+    // `votes` was subscribed before this read: votes below `next_seq` are in the counts.
+    let (tallies, next_seq) = load(&journal, &rules, &terminals, now).await?;
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(tallies.snapshot(now)));
     let feed = Arc::new(LiveFeed::new(next_seq));
     let output = TalliesOutput {
@@ -124,6 +122,22 @@ pub async fn start_following(
         feed,
     };
     Ok((output, follower.run(votes, setup, shutdown)))
+}
+
+/// Tallies rebuilt from the journal's counts, and the seq below which every vote is in them.
+async fn load(
+    journal: &JournalHandle,
+    rules: &TallyRules,
+    terminals: &[TerminalId],
+    now: i64,
+) -> Result<(Tallies, Seq), JournalError> {
+    let mut tallies = Tallies::new(rules.clone(), terminals);
+    let counts = journal
+        .counts_for_tallies(tallies.quarters_needed_from(now))
+        .await?;
+    tallies.load(&counts.minutes);
+    tallies.load_quarters(&counts.quarters);
+    Ok((tallies, counts.next_seq))
 }
 
 fn now_ms(clock: &dyn Clock) -> i64 {
@@ -228,10 +242,9 @@ impl Follower {
     }
 
     async fn rebuild(&mut self) {
-        match self.journal.minute_tallies().await {
-            Ok((counts, next_seq)) => {
-                let mut tallies = Tallies::new(self.rules.clone(), &self.terminals);
-                tallies.load(&counts);
+        let now = now_ms(&*self.clock);
+        match load(&self.journal, &self.rules, &self.terminals, now).await {
+            Ok((tallies, next_seq)) => {
                 self.tallies = tallies;
                 self.skip_below = next_seq;
                 self.roll();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use votegate::clock::CLOCK_OVERRIDE_ENV;
 use votegate::journal::{Journal, Limits};
 
 use crate::harness::http::{self, EventStream};
@@ -19,6 +20,9 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     /// The config file.
     pub config: PathBuf,
+    /// The gateway's clock override (`VOTEGATE_CLOCK_OVERRIDE`), synchronised and exact at
+    /// first: see [`Site::set_clock_offset`].
+    clock: PathBuf,
     /// The running gateway.
     pub gateway: Option<RunningChild>,
     /// Its HTTP address.
@@ -85,7 +89,8 @@ impl Site {
             "votegate.toml",
             &config_text(&dir.path().join("journal"), &line.gateway_path, max_screens),
         );
-        let (gateway, addr) = start_gateway(&config);
+        let clock = write_file(dir.path(), "clock", "synced=1 offset_ms=0");
+        let (gateway, addr) = start_gateway_with_env(&config, &[(CLOCK_OVERRIDE_ENV, &clock)]);
         let simulator = RunningChild::new(
             votegate_command()
                 .args([
@@ -109,6 +114,7 @@ impl Site {
         Site {
             dir,
             config,
+            clock,
             gateway: Some(gateway),
             addr,
             simulator,
@@ -128,18 +134,32 @@ impl Site {
 
     /// Waits until today's site total is `total`.
     pub fn wait_total(&self, total: u64) {
+        self.wait_tallies(&format!("today's total {total}"), |tallies| {
+            tallies["site"]["today"]["total"] == total
+        });
+    }
+
+    /// Waits until `/api/v1/tallies` satisfies `condition`, and returns it.
+    pub fn wait_tallies(
+        &self,
+        what: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let tallies = http::get(self.addr, "/api/v1/tallies").json();
-            if tallies["site"]["today"]["total"] == total {
-                return;
+            if condition(&tallies) {
+                return tallies;
             }
-            assert!(
-                Instant::now() < deadline,
-                "total never reached {total}: {tallies}"
-            );
+            assert!(Instant::now() < deadline, "never got {what}: {tallies}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sets the gateway's wall clock `offset_ms` from the system's (read at every reading).
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        std::fs::write(&self.clock, format!("synced=1 offset_ms={offset_ms}"))
+            .expect("clock override");
     }
 
     /// Stops the gateway with SIGTERM; it must exit 0 within 5 s.
@@ -157,7 +177,8 @@ impl Site {
 
     /// Starts the gateway again on the same config.
     pub fn restart_gateway(&mut self) {
-        let (gateway, addr) = start_gateway(&self.config);
+        let clock = [(CLOCK_OVERRIDE_ENV, self.clock.as_path())];
+        let (gateway, addr) = start_gateway_with_env(&self.config, &clock);
         self.gateway = Some(gateway);
         self.addr = addr;
     }
@@ -309,6 +330,69 @@ fn todays_counts_survive_a_restart_and_the_uplink_deleting_every_vote() {
     );
     // And it keeps counting.
     site.press(&[1], 5);
+}
+
+/// The counts of every hour of `list` (`hours` or `hours_last_week`), summed.
+fn hours_total(list: &serde_json::Value) -> u64 {
+    list.as_array()
+        .map(|hours| {
+            hours
+                .iter()
+                .flat_map(|hour| hour.as_array().cloned().unwrap_or_default())
+                .filter_map(|count| count.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn hours_and_last_weeks_hours_survive_a_restart_and_the_uplink_deleting_every_vote() {
+    const WEEK_MS: i64 = 7 * 86_400_000;
+    let mut site = Site::start(8);
+    // A week ago (the gateway's clock set back): two presses, "today" as the gateway sees it.
+    site.set_clock_offset(-WEEK_MS);
+    site.press(&[1, 2], 2);
+    // Now: three more. The journal rolls last week's minutes up into quarter-hours.
+    site.set_clock_offset(0);
+    site.press(&[4, 4, 3], 3);
+    let before = site.wait_tallies("last week's two presses", |tallies| {
+        hours_total(&tallies["site"]["hours_last_week"]) == 2
+    });
+    assert_eq!(hours_total(&before["site"]["hours"]), 3, "{before}");
+    assert_eq!(
+        hours_total(&before["terminals"]["entrance"]["hours_last_week"]),
+        2
+    );
+    site.stop_gateway();
+
+    // Everything was forwarded: the uplink deleted every vote.
+    {
+        let mut journal =
+            Journal::open(&site.dir.path().join("journal"), Limits::default()).expect("journal");
+        let last = journal.stats().next_seq - 1;
+        assert_eq!(journal.ack_through(last), Ok(5));
+        journal.sync().expect("sync");
+        assert_eq!(journal.stats().depth, 0);
+    }
+
+    site.restart_gateway();
+    let after = http::get(site.addr, "/api/v1/tallies").json();
+    assert_eq!(after["hour_axes"], before["hour_axes"]);
+    let pairs = [
+        ("site", &after["site"], &before["site"]),
+        (
+            "entrance",
+            &after["terminals"]["entrance"],
+            &before["terminals"]["entrance"],
+        ),
+    ];
+    for (name, now, then) in pairs {
+        assert_eq!(now["hours"], then["hours"], "{name}'s hours");
+        assert_eq!(
+            now["hours_last_week"], then["hours_last_week"],
+            "{name}'s hours last week"
+        );
+    }
 }
 
 #[test]

@@ -91,7 +91,7 @@ fn check_converted(dir: &Path) {
         assert_eq!(vote.mono_ms, old["mono_ms"].as_u64().expect("mono"));
     }
 
-    let (minutes, _) = journal.minute_tallies().expect("minutes");
+    let minutes = journal.counts_for_tallies(0).expect("counts").minutes;
     let old_minutes = expected["minutes"].as_array().expect("minutes");
     assert_eq!(minutes.len(), old_minutes.len());
     for ((minute, terminal, tally), old) in minutes.iter().zip(old_minutes) {

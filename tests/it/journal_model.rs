@@ -219,9 +219,10 @@ fn check_same(journal: &mut Journal, model: &Model) -> Result<(), TestCaseError>
         let part = journal.read_after(from, 2).expect("read");
         prop_assert_eq!(&part[..], &buffered[2..4]);
     }
-    let (minutes, next_seq) = journal.minute_tallies().expect("minute tallies");
-    prop_assert_eq!(next_seq, model.next_seq);
-    let minutes: BTreeMap<(u32, String), ([u32; 4], u32)> = minutes
+    let counts = journal.counts_for_tallies(0).expect("counts");
+    prop_assert_eq!(counts.next_seq, model.next_seq);
+    let minutes: BTreeMap<(u32, String), ([u32; 4], u32)> = counts
+        .minutes
         .into_iter()
         .map(|(minute, terminal, tally)| {
             (
