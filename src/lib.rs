@@ -45,6 +45,7 @@
 //!   `journal/counts.rs`, `sources/serial/frame.rs`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
+pub mod alerts;
 pub mod backoff;
 pub mod cli;
 pub mod clock;
