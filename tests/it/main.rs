@@ -5,6 +5,7 @@
 mod architecture;
 mod browser;
 mod bus;
+mod check_files;
 mod cli;
 mod config_files;
 mod display;
