@@ -508,3 +508,27 @@ fn json_batches_and_the_last_will_on_sigkill() {
         statuses.last() == Some(&b"offline".as_slice())
     });
 }
+
+#[test]
+fn a_v1_client_certificate_is_named_in_one_sentence_at_connect_time() {
+    let cloud = Cloud::start("");
+    let v1 = cloud.config(&cloud.pki.ca, &cloud.pki.v1_cert, &cloud.pki.v1_key, "");
+    let (gateway, addr) = start_gateway(&v1);
+    let error = || {
+        status(addr)["uplink"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the error to show", Duration::from_secs(15), || {
+        !error().is_empty()
+    });
+    assert_eq!(
+        error(),
+        format!(
+            "cannot use client certificate and key {}: it is an X.509 v1 certificate, made without extensions, which TLS refuses: sign it again with extensions (`openssl x509 -req … -extfile client.ext`, or `-copy_extensions copyall` with OpenSSL 3)",
+            cloud.pki.v1_cert.display()
+        )
+    );
+    stop(gateway);
+}
