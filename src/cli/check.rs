@@ -541,15 +541,21 @@ fn service_user_cannot_write(meta: &std::fs::Metadata) -> Option<&'static str> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    let (uid, gid) = user_ids(SERVICE_USER)?;
-    let bits = if meta.uid() == uid {
-        meta.mode() >> 6
-    } else if meta.gid() == gid {
-        meta.mode() >> 3
+    let user = user_ids(SERVICE_USER)?;
+    (!user_may_write((meta.mode(), meta.uid(), meta.gid()), user)).then_some(SERVICE_USER)
+}
+
+/// Whether a user `(uid, primary gid)` may create entries in a folder `(mode, owner, group)`,
+/// by its permission bits (write and search).
+fn user_may_write((mode, owner, group): (u32, u32, u32), (uid, gid): (u32, u32)) -> bool {
+    let bits = if owner == uid {
+        mode >> 6
+    } else if group == gid {
+        mode >> 3
     } else {
-        meta.mode()
+        mode
     };
-    (bits & 0o3 != 0o3).then_some(SERVICE_USER)
+    bits & 0o3 == 0o3
 }
 
 /// A user's uid and primary gid, if the user exists.
@@ -637,4 +643,43 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     #[allow(clippy::useless_conversion)] // the field types differ between 32- and 64-bit targets
     Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_user_needs_write_and_search_on_the_folder() {
+        let votegate = (999, 999);
+        // /var/lib as Debian makes it, a folder root created (the bug of old), the package's.
+        assert!(!user_may_write((0o755, 0, 0), votegate));
+        assert!(user_may_write((0o750, 999, 999), votegate));
+        assert!(user_may_write((0o770, 0, 999), votegate));
+        assert!(!user_may_write((0o750, 0, 999), votegate));
+        assert!(user_may_write((0o777, 0, 0), votegate));
+        assert!(
+            !user_may_write((0o577, 999, 0), votegate),
+            "the owner's own bits count"
+        );
+    }
+
+    #[test]
+    fn the_worst_outcome_decides() {
+        let probes = [
+            Probe::pass("a", String::new()),
+            Probe::warn("b", String::new()),
+        ];
+        assert_eq!(worst(&probes), Outcome::Warn);
+        assert_eq!(worst(&[]), Outcome::Ok);
+        let json = serde_json::to_string(&Report {
+            result: Outcome::Fail,
+            checks: &[Probe::fail("listen", "busy".into())],
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"result":"fail","checks":[{"name":"listen","result":"fail","message":"busy"}]}"#
+        );
+    }
 }

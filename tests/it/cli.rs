@@ -236,6 +236,7 @@ fn check_probes_every_serial_port() {
         r#"gateway-id = "gw-test"
 site = "test-store"
 data-dir = "{}"
+listen = "127.0.0.1:0"
 
 [[terminal]]
 id = "entrance"
