@@ -484,6 +484,12 @@ fn json_batches_and_the_last_will_on_sigkill() {
     wait_for("the journal to drain", Duration::from_secs(30), || {
         status(addr)["journal"]["depth"] == 0
     });
+    // The broker acknowledges a batch before the subscriber has it.
+    wait_for(
+        "the subscriber to get the votes",
+        Duration::from_secs(10),
+        || cloud.received().len() == 5,
+    );
     let (_, payload) = cloud
         .subscriber
         .messages()
