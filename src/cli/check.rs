@@ -209,33 +209,22 @@ fn uplink_file_probes(settings: &UplinkSettings, now: i64) -> Vec<Probe> {
             ));
             probes.push(secret_probe(
                 "key-file",
-                "uplink.client-key",
                 key,
                 files::check_client_key(key, cert),
             ));
         }
     }
     if let Some(path) = &settings.password_file {
-        probes.push(secret_probe(
-            "password",
-            "uplink.password-file",
-            path,
-            files::check_password(path),
-        ));
+        probes.push(secret_probe("password", path, files::check_password(path)));
     }
     probes
 }
 
 /// A file holding a secret: a warning when everyone may read it.
-fn secret_probe(
-    name: &'static str,
-    key: &str,
-    path: &Path,
-    result: Result<String, FileError>,
-) -> Probe {
-    match (result, files::readable_by_others(key, path)) {
+fn secret_probe(name: &'static str, path: &Path, result: Result<String, FileError>) -> Probe {
+    match (result, files::readable_by_others(path)) {
         (Err(err), _) => Probe::fail(name, err.to_string()),
-        (Ok(_), Some(warning)) => Probe::warn(name, warning),
+        (Ok(found), Some(warning)) => Probe::warn(name, format!("{found}; but {warning}")),
         (Ok(found), None) => Probe::pass(name, found),
     }
 }

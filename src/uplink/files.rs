@@ -217,12 +217,11 @@ pub fn check_password(path: &Path) -> Result<String, FileError> {
 
 /// A warning when every user of the machine may read a secret (a key or a password). Group
 /// read is fine: the recommended setup is `root:votegate 0640`.
-pub fn readable_by_others(key: &str, path: &Path) -> Option<String> {
+pub fn readable_by_others(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o004 != 0).then(|| {
         format!(
-            "{key} {} is readable by every user of this machine (mode {:03o}): `chmod o-r {}` (the daemon needs only owner or group read, e.g. root:votegate 640)",
-            path.display(),
+            "readable by every user of this machine (mode {:03o}): `chmod o-r {}` (the daemon needs only owner or group read, e.g. root:votegate 640)",
             mode & 0o777,
             path.display()
         )

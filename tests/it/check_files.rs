@@ -275,7 +275,7 @@ fn check_offline_warns_but_passes_when_everyone_may_read_a_secret() {
     assert_eq!(
         key_line,
         format!(
-            "WARN  key-file   uplink.client-key {} is readable by every user of this machine (mode 644): `chmod o-r {}` (the daemon needs only owner or group read, e.g. root:votegate 640)",
+            "WARN  key-file   uplink.client-key {}: ECDSA key, matches uplink.client-cert; but readable by every user of this machine (mode 644): `chmod o-r {}` (the daemon needs only owner or group read, e.g. root:votegate 640)",
             pki.gateway_key.display(),
             pki.gateway_key.display()
         )
