@@ -164,7 +164,7 @@ pub fn check_client_key(path: &Path, cert_path: &Path) -> Result<String, FileErr
         pem::Error::NoItemsFound => FileError::NotPem {
             key,
             path: path.to_path_buf(),
-            label: "PRIVATE KEY",
+            label: "… PRIVATE KEY",
             hint: der_hint(&bytes, "pkey"),
         },
         other => malformed(key, path, other),

@@ -496,3 +496,37 @@ fn version_names_the_commit_and_the_target() {
         "{text}"
     );
 }
+
+#[test]
+fn check_offline_fails_on_a_der_ca_file_and_a_key_that_is_not_pem() {
+    let setup = Setup::new();
+    let pki = &setup.pki;
+    let pem = std::fs::read_to_string(&pki.ca).expect("CA");
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+    let der = setup.path("ca.der");
+    std::fs::write(&der, &block.contents).expect("write DER");
+    let not_a_key = write_file(
+        setup.dir.path(),
+        "gw.key.txt",
+        "the key is on the USB stick\n",
+    );
+    chmod(&not_a_key, 0o600);
+    let config = setup.tls_config(&der, &pki.gateway_cert, &not_a_key);
+    let (ca_line, code) = report_line(&config, "ca-file");
+    assert_eq!(
+        ca_line,
+        format!(
+            "FAIL  ca-file    uplink.ca-file {} is not PEM: no `-----BEGIN CERTIFICATE-----` block in it (it looks like binary DER: convert it with `openssl x509 -inform der -in FILE -out FILE.pem`)",
+            der.display()
+        )
+    );
+    assert_eq!(code, Some(1));
+    let (key_line, _) = report_line(&config, "key-file");
+    assert_eq!(
+        key_line,
+        format!(
+            "FAIL  key-file   uplink.client-key {} is not PEM: no `-----BEGIN … PRIVATE KEY-----` block in it",
+            not_a_key.display()
+        )
+    );
+}
