@@ -6,6 +6,7 @@ mod alerts;
 mod architecture;
 mod browser;
 mod bus;
+mod check_files;
 mod cli;
 mod config_files;
 mod display;

@@ -185,7 +185,7 @@ fn the_offline_check_needs_neither_network_nor_hardware() {
         dir.path(),
         "votegate.toml",
         &format!(
-            "gateway-id = \"gw\"\nsite = \"s\"\ndata-dir = \"{}\"\n\n[[terminal]]\nid = \"a\"\nkind = \"serial\"\n\
+            "gateway-id = \"gw\"\nsite = \"s\"\ndata-dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[[terminal]]\nid = \"a\"\nkind = \"serial\"\n\
              port = \"/dev/serial/by-id/unplugged\"\n\n[uplink]\nhost = \"broker.invalid\"\n",
             dir.path().join("journal").display()
         ),
@@ -205,12 +205,12 @@ fn the_offline_check_needs_neither_network_nor_hardware() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
-    assert_eq!(probes[..2], ["config", "data-dir"], "{report}");
+    assert_eq!(probes[..3], ["config", "data-dir", "listen"], "{report}");
     assert!(
         !report
             .lines()
             .any(|l| l.contains(" serial ") || l.contains(" uplink ") || l.contains(" clock ")),
         "{report}"
     );
-    assert!(report.ends_with("all 2 checks passed\n"), "{report}");
+    assert!(report.ends_with("all 3 checks passed\n"), "{report}");
 }

@@ -360,7 +360,7 @@ fn a_wrong_ca_fails_clearly_and_loses_nothing() {
         .lines()
         .find(|l| l.contains(" uplink "))
         .expect("uplink line");
-    assert!(line.starts_with("FAIL  uplink     TLS step failed: the broker's certificate was rejected: UnknownIssuer"), "{report}");
+    assert!(line.starts_with("FAIL  uplink     TLS step failed: the broker's certificate was rejected: it is not signed by a CA in uplink.ca-file (or, without ca-file, by one this system trusts)"), "{report}");
 
     let (gateway, addr) = start_gateway(&wrong);
     wait_for("the error to show", Duration::from_secs(15), || {
@@ -485,6 +485,12 @@ fn json_batches_and_the_last_will_on_sigkill() {
     wait_for("the journal to drain", Duration::from_secs(30), || {
         status(addr)["journal"]["depth"] == 0
     });
+    // The broker acknowledges a batch before the subscriber has it.
+    wait_for(
+        "the subscriber to get the votes",
+        Duration::from_secs(10),
+        || cloud.received().len() == 5,
+    );
     let (_, payload) = cloud
         .subscriber
         .messages()
@@ -561,4 +567,28 @@ fn every_seq_a_full_journal_dropped_is_reported_on_the_wire() {
     // Reported and acknowledged: nothing left to report.
     let mut journal = Journal::open(&cloud.data_dir(), limits).expect("journal");
     assert_eq!(journal.unreported_drops().expect("drops"), []);
+}
+
+#[test]
+fn a_v1_client_certificate_is_named_in_one_sentence_at_connect_time() {
+    let cloud = Cloud::start("");
+    let v1 = cloud.config(&cloud.pki.ca, &cloud.pki.v1_cert, &cloud.pki.v1_key, "");
+    let (gateway, addr) = start_gateway(&v1);
+    let error = || {
+        status(addr)["uplink"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the error to show", Duration::from_secs(15), || {
+        !error().is_empty()
+    });
+    assert_eq!(
+        error(),
+        format!(
+            "cannot use client certificate and key {}: it is an X.509 v1 certificate, made without extensions, which TLS refuses: sign it again with extensions (`openssl x509 -req … -extfile client.ext`, or `-copy_extensions copyall` with OpenSSL 3)",
+            cloud.pki.v1_cert.display()
+        )
+    );
+    stop(gateway);
 }
