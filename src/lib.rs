@@ -32,6 +32,7 @@
 //! | [`journal`] | the durable store of votes: write-ahead log, blocks, group commit, dedup, the press filter, counts, folder bound, compaction, acks |
 //! | [`daemon`] | wiring and ordered shutdown |
 //! | [`cli`] | one file per command of the contract |
+//! | `ingest` | (cargo feature `ingest`) the cloud-side consumer: PostgreSQL schema, batch writes, completeness ledger |
 //! | [`logging`] | operator logs with structured fields |
 //! | [`throttle`] | at most one log line per interval for a repeating event |
 //!
@@ -39,7 +40,8 @@
 //! Checked by `tests/it/architecture.rs`, which scans `src/`:
 //! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`,
 //!   rumqttc only in `uplink/mqtt.rs`, rustls only there and in `uplink/files.rs` (which checks the
-//!   key files offline, with x509-parser, imported nowhere else), axum and hyper only in `display/`;
+//!   key files offline, with x509-parser, imported nowhere else), axum and hyper only in `display/`,
+//!   tokio-postgres only in `ingest/store.rs`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `journal/filter.rs`, `journal/block.rs`,
@@ -54,6 +56,8 @@ pub mod config;
 pub mod daemon;
 pub mod display;
 pub mod health;
+#[cfg(feature = "ingest")]
+pub mod ingest;
 pub mod journal;
 pub mod logging;
 pub mod model;

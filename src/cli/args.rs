@@ -67,6 +67,49 @@ pub enum Command {
     },
     /// Play serial terminals on a port (hardware/PROTOCOL.md); print each acknowledged vote as JSON.
     Simulate(SimulateArgs),
+    /// The cloud-side reference consumer: batches from MQTT into PostgreSQL, and the completeness
+    /// report (in builds with the cargo feature `ingest`).
+    Ingest(IngestArgs),
+}
+
+/// `votegate ingest`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IngestArgs {
+    /// What to do instead of consuming.
+    #[command(subcommand)]
+    pub command: Option<IngestCommand>,
+    /// The ingest's config file (`postgres-url`, `[mqtt]`).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// `votegate ingest …`.
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Per gateway: received, dropped at the gateway, missing, pending, duplicates, conflicts;
+    /// exit 1 if anything is missing or conflicting.
+    Report {
+        /// The ingest's config file.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// A gap is missing (not pending) once the seq above it is this old.
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        grace: String,
+        /// Print one JSON object: `result` (ok or fail), `grace_s` and `gateways`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write batch payload files (postcard or JSON, as published) to PostgreSQL as if they had
+    /// arrived over MQTT: for replays and tests. Prints one JSON line per file.
+    Load {
+        /// The ingest's config file.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// The payload files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// The command's options.

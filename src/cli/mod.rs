@@ -3,6 +3,7 @@
 pub mod args;
 pub mod check;
 pub mod decode;
+pub mod ingest;
 pub mod run;
 pub mod simulate;
 pub mod status;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::simulate(args),
         Command::Status { url, json } => status::status(&url, json),
         Command::Decode { file } => decode::decode(file.as_deref()),
+        Command::Ingest(args) => ingest::ingest(args),
     }
 }
 

@@ -237,14 +237,23 @@ impl Config {
     }
 }
 
-/// The file being validated: turns spans into line numbers for error messages.
-struct Document<'a> {
+/// The file being validated: turns spans into line numbers for error messages. The ingest's
+/// config (`crate::ingest`) validates with it too.
+pub(crate) struct Document<'a> {
     path: &'a Path,
     text: &'a str,
 }
 
+impl<'a> Document<'a> {
+    /// The file at `path` with contents `text`.
+    #[cfg_attr(not(feature = "ingest"), allow(dead_code))]
+    pub(crate) fn new(path: &'a Path, text: &'a str) -> Document<'a> {
+        Document { path, text }
+    }
+}
+
 impl Document<'_> {
-    fn error(&self, line: Option<usize>, message: String) -> ConfigError {
+    pub(crate) fn error(&self, line: Option<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line,
@@ -253,7 +262,12 @@ impl Document<'_> {
     }
 
     /// An error about the value of `key`, located at the value's span.
-    fn invalid<T>(&self, key: &str, value: &Spanned<T>, problem: impl Display) -> ConfigError {
+    pub(crate) fn invalid<T>(
+        &self,
+        key: &str,
+        value: &Spanned<T>,
+        problem: impl Display,
+    ) -> ConfigError {
         self.error(
             Some(line_of(self.text, value.span().start)),
             format!("key `{key}`: {problem}"),
@@ -261,7 +275,7 @@ impl Document<'_> {
     }
 
     /// Rewrites a TOML/serde error so that it names the key path and line.
-    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+    pub(crate) fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let plain = plain_type_error(err.message());
         let message = plain.as_deref().unwrap_or(err.message());
         let Some(span) = err.span() else {
@@ -394,7 +408,7 @@ impl Document<'_> {
         Ok(value.get_ref().clone())
     }
 
-    fn resolve_path(&self, value: &str) -> PathBuf {
+    pub(crate) fn resolve_path(&self, value: &str) -> PathBuf {
         let path = Path::new(value);
         if path.is_absolute() {
             return path.to_path_buf();

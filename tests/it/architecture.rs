@@ -72,6 +72,11 @@ fn rumqttc_and_rustls_are_imported_only_by_the_uplink_files() {
 }
 
 #[test]
+fn tokio_postgres_is_imported_only_by_the_ingest_store() {
+    assert_eq!(files_mentioning("tokio_postgres"), ["ingest/store.rs"]);
+}
+
+#[test]
 fn axum_and_hyper_stay_in_the_display() {
     for file in files_mentioning("axum") {
         assert!(file.starts_with("display/"), "{file} uses axum");

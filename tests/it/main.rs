@@ -15,6 +15,8 @@ mod gpio;
 mod harness;
 mod health;
 mod http_limits;
+#[cfg(feature = "ingest")]
+mod ingest;
 mod journal_crash;
 mod journal_legacy;
 mod journal_model;

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod http;
 pub mod mosquitto;
 pub mod pki;
+pub mod postgres;
 pub mod powercut_fs;
 pub mod proxy;
 pub mod pty;

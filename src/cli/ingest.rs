@@ -1,0 +1,103 @@
+//! `votegate ingest`: the cloud-side consumer and its report (README § Cloud ingest). Only in
+//! builds with the cargo feature `ingest`; without it the command says how to get one.
+
+use std::process::ExitCode;
+
+use super::args::IngestArgs;
+#[cfg(feature = "ingest")]
+use super::args::IngestCommand;
+use super::UsageError;
+
+/// Runs `votegate ingest …`.
+#[cfg(not(feature = "ingest"))]
+pub fn ingest(_args: IngestArgs) -> anyhow::Result<ExitCode> {
+    Err(UsageError(
+        "this votegate was built without the ingest (the gateway's build leaves it out): build it with `cargo build --release --features ingest`"
+            .into(),
+    )
+    .into())
+}
+
+/// Runs `votegate ingest …`.
+#[cfg(feature = "ingest")]
+pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+
+    use crate::config::units::parse_duration;
+    use crate::ingest::report::Report;
+    use crate::ingest::store::Store;
+    use crate::ingest::IngestConfig;
+
+    crate::logging::init(log::LevelFilter::Info);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match args.command {
+        None => {
+            let path = args.config.ok_or_else(|| {
+                UsageError(
+                    "votegate ingest needs --config FILE (or a subcommand: report, load)".into(),
+                )
+            })?;
+            let config = IngestConfig::load(&path)?;
+            runtime.block_on(async {
+                let store = Store::open(&config.postgres_url).await?;
+                let version = store.schema_version().await?;
+                anyhow::bail!(
+                    "schema at version {version}; the MQTT consumer is not built yet (issue 17): use `votegate ingest load` to write batch files"
+                )
+            })
+        }
+        Some(IngestCommand::Report {
+            config,
+            grace,
+            json,
+        }) => {
+            let grace = parse_duration(&grace)
+                .map_err(|problem| UsageError(format!("--grace {grace:?}: {problem}")))?;
+            let config = IngestConfig::load(&config)?;
+            let (now, records) = runtime.block_on(async {
+                let store = Store::open(&config.postgres_url).await?;
+                store.gateway_records().await
+            })?;
+            let report = Report::build(&records, now, grace.as_millis() as i64);
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(super::EXIT_FAILED)
+            })
+        }
+        Some(IngestCommand::Load { config, files }) => {
+            let config = IngestConfig::load(&config)?;
+            runtime.block_on(async {
+                let mut store = Store::open(&config.postgres_url).await?;
+                for file in files {
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let batch = crate::uplink::payload::decode(&bytes)
+                        .with_context(|| format!("{}", file.display()))?;
+                    let outcome = store.ingest_batch(&batch).await?;
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": file.display().to_string(),
+                            "gateway_id": batch.gateway_id,
+                            "batch_id": batch.batch_id,
+                            "inserted": outcome.inserted,
+                            "duplicates": outcome.duplicates,
+                            "conflicts": outcome.conflicts,
+                            "dropped_ranges": outcome.dropped_ranges,
+                        })
+                    );
+                }
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
