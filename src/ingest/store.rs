@@ -177,7 +177,8 @@ RETURNING contiguous_through";
 
 /// `$3…$10`: the vote columns. Returns one row per vote that was already stored: its seq and
 /// whether the stored content equals the newcomer's. The outer SELECT sees the table as it was
-/// before the INSERT (one snapshot per statement), i.e. exactly the votes stored before.
+/// before the INSERT (one snapshot per statement), i.e. exactly the votes stored before (the
+/// ledger row lock keeps another transaction of the same gateway from committing in between).
 const INSERT_VOTES: &str = "
 WITH input AS (
     SELECT * FROM unnest($3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
@@ -197,7 +198,10 @@ SELECT i.seq,
        IS NOT DISTINCT FROM
        ($2::text, i.terminal, i.button, timestamptz 'epoch' + i.ts_ms * interval '1 millisecond',
         i.clock_synced, i.restamped, i.filtered, i.term_seq) AS same
-FROM input i JOIN votes v ON v.gateway_id = $1::text AND v.seq = i.seq";
+FROM input i JOIN votes v ON v.gateway_id = $1::text AND v.seq = i.seq
+    -- the batch's seq range (validated increasing), so the plan scans only it, never the
+    -- gateway's whole history
+    AND v.seq BETWEEN $3[1] AND $3[cardinality($3)]";
 
 const INSERT_CONFLICTS: &str = "
 INSERT INTO vote_conflicts (gateway_id, seq, batch_id, site, terminal, button, ts, clock_synced,
