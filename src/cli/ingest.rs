@@ -41,13 +41,48 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
             let config = IngestConfig::load(&path)?;
+            let Some(mqtt) = config.mqtt.clone() else {
+                return Err(UsageError(format!(
+                    "{}: no [mqtt] table: the ingest needs a broker to consume from",
+                    path.display()
+                ))
+                .into());
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .thread_name("votegate-ingest")
+                .build()
+                .context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let store = Store::open(&config.postgres_url).await?;
-                let version = store.schema_version().await?;
-                anyhow::bail!(
-                    "schema at version {version}; the MQTT consumer is not built yet (issue 17): use `votegate ingest load` to write batch files"
-                )
-            })
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let signals = shutdown.clone();
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    if let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = int.recv() => {}
+                        }
+                    }
+                    signals.cancel();
+                });
+                log::info!(
+                    "votegate {} ingest: PostgreSQL {}, broker {}:{} ({}), subscription {}",
+                    env!("CARGO_PKG_VERSION"),
+                    crate::ingest::store::redact(&config.postgres_url),
+                    mqtt.host,
+                    mqtt.port,
+                    if mqtt.tls { "TLS" } else { "plain" },
+                    mqtt.shared_filter()
+                );
+                crate::ingest::consumer::run(&config, &mqtt, shutdown).await;
+                log::info!("ingest stopped");
+            });
+            Ok(ExitCode::SUCCESS)
         }
         Some(IngestCommand::Report {
             config,

@@ -5,8 +5,10 @@
 //!
 //! - this file: the config (TOML, strict, errors name key and line, like the gateway's);
 //! - [`schema`]: the migrations; [`store`]: the only file that talks to PostgreSQL;
-//! - [`ledger`]: the completeness arithmetic, pure; [`report`]: what `ingest report` prints.
+//! - [`ledger`]: the completeness arithmetic, pure; [`report`]: what `ingest report` prints;
+//! - [`consumer`]: MQTT (shared subscription, manual acks) → store, acknowledging after COMMIT.
 
+pub mod consumer;
 pub mod ledger;
 pub mod report;
 pub mod schema;
@@ -54,6 +56,9 @@ pub struct MqttSettings {
     pub topic: String,
     /// The shared-subscription group (default [`DEFAULT_GROUP`]).
     pub group: String,
+    /// `client-id`: stable per replica (the broker keeps its session and unacknowledged messages
+    /// across restarts); default `votegate-ingest-{hostname}`.
+    pub client_id: String,
 }
 
 impl MqttSettings {
@@ -83,6 +88,7 @@ struct RawMqtt {
     password_file: Option<Spanned<String>>,
     topic: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
 }
 
 impl IngestConfig {
@@ -207,7 +213,20 @@ fn mqtt(doc: &Document<'_>, raw: &RawMqtt) -> Result<MqttSettings, ConfigError> 
         }
         None => DEFAULT_GROUP.to_string(),
     };
+    let client_id = match &raw.client_id {
+        Some(id) => {
+            if id.get_ref().is_empty() || id.get_ref().len() > 128 {
+                return Err(doc.invalid("mqtt.client-id", id, "must be 1 to 128 characters"));
+            }
+            id.get_ref().clone()
+        }
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("votegate-ingest-{}", host.trim())
+        }
+    };
     Ok(MqttSettings {
+        client_id,
         host: host.to_string(),
         port,
         tls,

@@ -666,6 +666,187 @@ pub async fn probe(settings: &UplinkSettings) -> Result<String, (&'static str, U
     }
 }
 
+/// A subscriber's broker settings (the cloud ingest's `[mqtt]`): the uplink's connection keys,
+/// plus a topic filter it subscribes to at QoS 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriberSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS, or `None` for plain MQTT.
+    pub tls: Option<TlsSettings>,
+    /// Username and password file.
+    pub credentials: Option<(String, std::path::PathBuf)>,
+    /// Client id: stable, so that the broker keeps the session (and the messages not yet
+    /// acknowledged) while the client is away.
+    pub client_id: String,
+    /// What to subscribe to, e.g. `$share/votegate-ingest/votegate/+/+/votes`.
+    pub filter: String,
+    /// The largest message accepted.
+    pub max_payload_bytes: usize,
+}
+
+/// What happens on a subscriber's connection.
+#[derive(Debug)]
+pub enum SubscriberEvent {
+    /// The broker granted the subscription.
+    Subscribed,
+    /// A message: acknowledge it with [`Subscription::ack`] once it is safe.
+    Message(Delivery),
+    /// The connection is over (refused, lost, or the subscription was refused).
+    Lost(UplinkError),
+}
+
+/// A message received at QoS 1, not yet acknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    publish: rumqttc::Publish,
+}
+
+/// One subscriber connection with manual acknowledgements and a persistent session: a message is
+/// acknowledged (PUBACK) only when [`Subscription::ack`] says so; one never acknowledged is sent
+/// again by the broker when this client id reconnects. Like [`Session`], it stops at the first
+/// error (the caller reconnects).
+pub struct Subscription {
+    client: AsyncClient,
+    /// What happens on the connection.
+    pub events: mpsc::UnboundedReceiver<SubscriberEvent>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    /// Starts connecting; subscribes after the broker's CONNACK.
+    pub fn open(settings: &SubscriberSettings) -> Result<Subscription, UplinkError> {
+        let mut options = MqttOptions::new(
+            settings.client_id.clone(),
+            settings.host.clone(),
+            settings.port,
+        );
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(
+                settings.max_payload_bytes + PACKET_OVERHEAD,
+                MAX_INCOMING_PACKET,
+            );
+        if let Some((username, file)) = &settings.credentials {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| file_error("password file", file, e))?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            options.set_credentials(username.clone(), password);
+        }
+        if let Some(tls) = &settings.tls {
+            let config = client_config(tls)?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(config),
+            )));
+        }
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (sender, events) = mpsc::unbounded_channel();
+        let endpoint = (settings.host.clone(), settings.port);
+        let driver = tokio::spawn(drive_subscriber(
+            eventloop,
+            client.clone(),
+            settings.filter.clone(),
+            sender,
+            endpoint,
+        ));
+        Ok(Subscription {
+            client,
+            events,
+            driver,
+        })
+    }
+
+    /// Acknowledges a message (PUBACK): the broker may forget it.
+    pub async fn ack(&self, delivery: &Delivery) -> Result<(), UplinkError> {
+        self.client
+            .ack(&delivery.publish)
+            .await
+            .map_err(|err| UplinkError::Closed(err.to_string()))
+    }
+
+    /// Sends DISCONNECT and waits briefly for it to leave.
+    pub async fn disconnect(mut self) {
+        if self.client.disconnect().await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(event) = self.events.recv().await {
+                    if matches!(event, SubscriberEvent::Lost(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn drive_subscriber(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    sender: mpsc::UnboundedSender<SubscriberEvent>,
+    endpoint: (String, u16),
+) {
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // try_subscribe: this task must never wait on the request queue it drains.
+                if let Err(err) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    SubscriberEvent::Lost(UplinkError::Closed(err.to_string()))
+                } else {
+                    continue;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    SubscriberEvent::Lost(UplinkError::Closed(format!(
+                        "the broker refused the subscription to {filter} (not authorised?)"
+                    )))
+                } else {
+                    SubscriberEvent::Subscribed
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => SubscriberEvent::Message(Delivery {
+                topic: publish.topic.clone(),
+                payload: publish.payload.to_vec(),
+                publish,
+            }),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = sender.send(SubscriberEvent::Lost(UplinkError::Closed(
+                    "we disconnected".into(),
+                )));
+                return;
+            }
+            Ok(_) => continue,
+            Err(err) => {
+                let _ = sender.send(SubscriberEvent::Lost(classify(&err).at(&endpoint)));
+                return;
+            }
+        };
+        let lost = matches!(event, SubscriberEvent::Lost(_));
+        if sender.send(event).is_err() || lost {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -8,8 +8,10 @@ use std::time::Instant;
 use votegate::ingest::store::{BatchOutcome, Store};
 use votegate::uplink::payload::{encode, BatchPayload, DroppedRange, PayloadFormat, WireVote};
 
+use crate::harness::mosquitto::Mosquitto;
+use crate::harness::pki::Pki;
 use crate::harness::postgres::Postgres;
-use crate::harness::votegate_command;
+use crate::harness::{votegate_command, RunningChild};
 
 fn vote(seq: u64) -> WireVote {
     WireVote {
@@ -394,4 +396,151 @@ fn ingest_batch_throughput_into_a_real_postgres() {
     assert_eq!(s.pg.psql("SELECT max(version) FROM schema_migrations"), "1");
     let (code, report) = s.report("0s");
     assert_eq!(code, 0, "{report}");
+}
+
+/// Publishes a file at QoS 1 with the gateway's certificate.
+fn publish(broker: &Mosquitto, pki: &Pki, topic: &str, file: &std::path::Path) {
+    let output = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.addr.port().to_string(),
+            "-q",
+            "1",
+        ])
+        .arg("--cafile")
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&pki.gateway_cert)
+        .arg("--key")
+        .arg(&pki.gateway_key)
+        .args(["-t", topic, "-f"])
+        .arg(file)
+        .output()
+        .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(
+        output.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn wait_for_votes(pg: &Postgres, count: u64, ingest: &RunningChild) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now: u64 = pg.psql("SELECT count(*) FROM votes").parse().unwrap_or(0);
+        if now == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} votes of {count} after 30 s; ingest log:\n{}",
+            ingest.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn batches_from_the_broker_are_acknowledged_only_after_their_commit() {
+    let mut s = setup();
+    let pki = Pki::generate(s.files.path());
+    let broker = Mosquitto::start(s.files.path(), &pki, "");
+    std::fs::write(
+        &s.config,
+        format!(
+            "postgres-url = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca-file = \"{}\"\n\
+             client-cert = \"{}\"\nclient-key = \"{}\"\nclient-id = \"ingest-test\"\n",
+            s.pg.url(),
+            broker.addr.port(),
+            pki.ca.display(),
+            pki.subscriber_cert.display(),
+            pki.subscriber_key.display()
+        ),
+    )
+    .expect("config");
+    let ingest = RunningChild::new(
+        votegate_command()
+            .args(["ingest", "--config"])
+            .arg(&s.config)
+            .env("VOTEGATE_LOG", "debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("votegate ingest starts"),
+    );
+    assert!(
+        ingest
+            .wait_for_stderr(
+                "subscribed to $share/votegate-ingest/votegate/+/+/votes",
+                std::time::Duration::from_secs(20)
+            )
+            .is_some(),
+        "{}",
+        ingest.stderr_so_far()
+    );
+    let file = |name: &str, batch: &BatchPayload, format| {
+        let path = s.files.path().join(name);
+        std::fs::write(&path, encode(batch, format)).expect("write");
+        path
+    };
+    let topic = "votegate/store-042/gw-1/votes";
+    publish(
+        &broker,
+        &pki,
+        topic,
+        &file("a", &batch("gw-1", 1..=50, &[]), PayloadFormat::Postcard),
+    );
+    publish(
+        &broker,
+        &pki,
+        topic,
+        &file("b", &batch("gw-1", 51..=100, &[]), PayloadFormat::Json),
+    );
+    publish(
+        &broker,
+        &pki,
+        topic,
+        &file("b", &batch("gw-1", 51..=100, &[]), PayloadFormat::Postcard),
+    );
+    let garbage = s.files.path().join("garbage");
+    std::fs::write(&garbage, "hello").expect("write");
+    publish(&broker, &pki, topic, &garbage);
+    publish(
+        &broker,
+        &pki,
+        "votegate/store-042/gw-2/votes",
+        &file("c", &batch("gw-2", 1..=10, &[]), PayloadFormat::Postcard),
+    );
+    wait_for_votes(&s.pg, 110, &ingest);
+    assert!(
+        ingest
+            .wait_for_stderr("is not a votegate batch", std::time::Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        ingest.stderr_so_far()
+    );
+
+    // PostgreSQL goes away: a batch published now cannot be committed, so it must not be
+    // acknowledged; the broker sends it again once the ingest is back, and nothing is lost.
+    s.pg.shut_down();
+    publish(
+        &broker,
+        &pki,
+        topic,
+        &file("d", &batch("gw-1", 101..=150, &[]), PayloadFormat::Postcard),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    s.pg.start_again();
+    wait_for_votes(&s.pg, 160, &ingest);
+    let (code, report) = s.report("0s");
+    assert_eq!(code, 0, "{report}");
+    let gw = gateway(&report, "gw-1");
+    assert_eq!(
+        (gw["received"].clone(), gw["duplicates"].clone()),
+        (150.into(), 50.into())
+    );
+    let (_, stderr) = ingest.kill();
+    assert!(stderr.contains("reconnecting"), "{stderr}");
 }

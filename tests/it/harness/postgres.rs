@@ -114,11 +114,12 @@ impl Postgres {
             bin,
             running: false,
         };
-        postgres.start_server();
+        postgres.start_again();
         postgres
     }
 
-    fn start_server(&mut self) {
+    /// Starts the server again after [`Postgres::shut_down`].
+    pub fn start_again(&mut self) {
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c shared_buffers=16MB -c fsync=on \
              -c max_connections=50",
@@ -138,10 +139,9 @@ impl Postgres {
         self.running = true;
     }
 
-    /// Stops the server (`fast`: open transactions are rolled back) and starts it again.
-    pub fn restart(&mut self) {
+    /// Stops the server (`fast`: open transactions are rolled back, clients disconnected).
+    pub fn shut_down(&mut self) {
         self.stop("fast");
-        self.start_server();
     }
 
     fn stop(&mut self, mode: &str) {
