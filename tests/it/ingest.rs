@@ -332,6 +332,59 @@ fn an_invalid_batch_is_refused_whole_and_a_bad_config_names_its_key() {
     );
 }
 
+#[test]
+fn replicas_writing_the_same_batches_at_once_keep_the_ledger_exact() {
+    // Three connections (three replicas, each handed every batch of one gateway, in different
+    // orders: redeliveries racing each other): every vote is stored once, every other copy is
+    // counted as a duplicate, never as a conflict, and the ledger's mark reaches the end.
+    let s = setup();
+    let url = s.pg.url();
+    let batches: Vec<BatchPayload> = (0..30u64)
+        .map(|b| batch("gw-1", b * 20 + 1..=b * 20 + 20, &[]))
+        .collect();
+    let totals = runtime().block_on(async {
+        let mut tasks = Vec::new();
+        for replica in 0..3u64 {
+            let url = url.clone();
+            let mut mine = batches.clone();
+            let mut rng = fastrand::Rng::with_seed(replica);
+            rng.shuffle(&mut mine);
+            tasks.push(tokio::spawn(async move {
+                let mut store = Store::open(&url).await.expect("open");
+                let mut total = BatchOutcome::default();
+                for batch in &mine {
+                    let outcome = store.ingest_batch(batch).await.expect("ingest_batch");
+                    total.inserted += outcome.inserted;
+                    total.duplicates += outcome.duplicates;
+                    total.conflicts += outcome.conflicts;
+                }
+                total
+            }));
+        }
+        let mut sum = BatchOutcome::default();
+        for task in tasks {
+            let total = task.await.expect("task");
+            sum.inserted += total.inserted;
+            sum.duplicates += total.duplicates;
+            sum.conflicts += total.conflicts;
+        }
+        sum
+    });
+    assert_eq!(
+        (totals.inserted, totals.duplicates, totals.conflicts),
+        (600, 1200, 0)
+    );
+    assert_eq!(
+        s.pg.psql(
+            "SELECT received, duplicates, conflicts, contiguous_through, highest_seq, batches \
+             FROM gateway_ledger"
+        ),
+        "600|1200|0|600|600|90"
+    );
+    let (code, report) = s.report("0s");
+    assert_eq!(code, 0, "{report}");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
