@@ -597,3 +597,84 @@ fn batches_from_the_broker_are_acknowledged_only_after_their_commit() {
     let (_, stderr) = ingest.kill();
     assert!(stderr.contains("reconnecting"), "{stderr}");
 }
+
+fn mqtt_config(s: &Setup, broker: &Mosquitto, pki: &Pki, client_id: &str) -> PathBuf {
+    let path = s.files.path().join(format!("{client_id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "postgres-url = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca-file = \"{}\"\n\
+             client-cert = \"{}\"\nclient-key = \"{}\"\nclient-id = \"{client_id}\"\n",
+            s.pg.url(),
+            broker.addr.port(),
+            pki.ca.display(),
+            pki.subscriber_cert.display(),
+            pki.subscriber_key.display()
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn start_ingest(config: &std::path::Path) -> RunningChild {
+    let ingest = RunningChild::new(
+        votegate_command()
+            .args(["ingest", "--config"])
+            .arg(config)
+            .env("VOTEGATE_LOG", "debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("votegate ingest starts"),
+    );
+    assert!(
+        ingest
+            .wait_for_stderr("ingest: subscribed to", std::time::Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        ingest.stderr_so_far()
+    );
+    ingest
+}
+
+#[test]
+fn two_replicas_in_one_group_split_the_batches_and_a_killed_one_loses_none() {
+    let s = setup();
+    let pki = Pki::generate(s.files.path());
+    let broker = Mosquitto::start(s.files.path(), &pki, "");
+    let config_a = mqtt_config(&s, &broker, &pki, "ingest-a");
+    let config_b = mqtt_config(&s, &broker, &pki, "ingest-b");
+    let a = start_ingest(&config_a);
+    let b = start_ingest(&config_b);
+    let topic = |g: u64| format!("votegate/store-042/gw-{g}/votes");
+    let publish_batches = |range: std::ops::Range<u64>| {
+        for n in range {
+            let (g, b) = (n % 2, n / 2);
+            let path = s.files.path().join(format!("batch-{n}"));
+            let payload = batch(&format!("gw-{g}"), b * 10 + 1..=b * 10 + 10, &[]);
+            std::fs::write(&path, encode(&payload, PayloadFormat::Postcard)).expect("write");
+            publish(&broker, &pki, &topic(g), &path);
+        }
+    };
+    publish_batches(0..20);
+    wait_for_votes(&s.pg, 200, &a);
+    let handled = |log: &str| log.lines().filter(|l| l.contains("ingest: batch ")).count();
+    let (by_a, by_b) = (handled(&a.stderr_so_far()), handled(&b.stderr_so_far()));
+    assert_eq!(by_a + by_b, 20, "each batch went to one replica");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "the group splits the traffic: {by_a} and {by_b}"
+    );
+
+    // Replica A dies (SIGKILL); batches keep coming; A comes back under its client id.
+    a.kill();
+    publish_batches(20..40);
+    let a = start_ingest(&config_a);
+    wait_for_votes(&s.pg, 400, &b);
+    let (code, report) = s.report("0s");
+    assert_eq!(code, 0, "{report}");
+    for g in ["gw-0", "gw-1"] {
+        assert_eq!(gateway(&report, g)["received"], 200, "{report}");
+    }
+    drop((a, b));
+}
