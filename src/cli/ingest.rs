@@ -29,10 +29,12 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     use crate::ingest::IngestConfig;
 
     crate::logging::init(log::LevelFilter::Info);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
     match args.command {
         None => {
             let path = args.config.ok_or_else(|| {
@@ -92,7 +94,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             let grace = parse_duration(&grace)
                 .map_err(|problem| UsageError(format!("--grace {grace:?}: {problem}")))?;
             let config = IngestConfig::load(&config)?;
-            let (now, records) = runtime.block_on(async {
+            let (now, records) = current_thread()?.block_on(async {
                 let store = Store::open(&config.postgres_url).await?;
                 store.gateway_records().await
             })?;
@@ -110,7 +112,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         }
         Some(IngestCommand::Load { config, files }) => {
             let config = IngestConfig::load(&config)?;
-            runtime.block_on(async {
+            current_thread()?.block_on(async {
                 let mut store = Store::open(&config.postgres_url).await?;
                 for file in files {
                     let bytes = std::fs::read(&file)
