@@ -145,6 +145,38 @@ fn gateway<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value
 }
 
 #[test]
+fn the_test_postgres_is_private_and_gone_after_the_test() {
+    let pg = Postgres::start();
+    assert_ne!(pg.port, 5432, "never the machine's own server");
+    assert_eq!(pg.psql("SHOW fsync"), "on");
+    assert_eq!(pg.psql("SELECT current_user"), "postgres");
+    let data_dir = pg.psql("SHOW data_directory");
+    assert!(
+        data_dir.starts_with(&pg.dir.path().display().to_string()),
+        "{data_dir}"
+    );
+    let pid_file = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).expect("pid");
+    let pid = pid_file
+        .lines()
+        .next()
+        .expect("pid line")
+        .trim()
+        .to_string();
+    let folder = pg.dir.path().to_path_buf();
+    drop(pg);
+    // Gone, or a zombie waiting for whoever adopted it (pg_ctl's postmaster is not our child).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(!running(), "postmaster {pid} still runs");
+    assert!(!folder.exists(), "{} is left behind", folder.display());
+}
+
+#[test]
 fn redelivered_batches_are_absorbed_and_nothing_is_missing() {
     let s = setup();
     let outcomes = s.load(&[
