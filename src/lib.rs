@@ -26,6 +26,7 @@
 //! | [`backoff`] | exponential backoff with jitter for everything that reconnects |
 //! | [`tallies`] | windows and scores, the live feed |
 //! | [`display`] | the HTTP API and the display page |
+//! | [`labels`] | the display page's languages and built-in labels (pure) |
 //! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
 //! | [`status`] | the status snapshot |
 //! | [`health`] | healthy or not, and every reason why (pure) |
@@ -53,6 +54,7 @@ pub mod daemon;
 pub mod display;
 pub mod health;
 pub mod journal;
+pub mod labels;
 pub mod logging;
 pub mod model;
 pub mod sources;

@@ -1,13 +1,165 @@
 //! The display page in a real headless Chromium: it shows the counts, updates live as votes are
-//! pressed, pulses, filters by terminal, and says "stale" when the daemon goes away. A screenshot
-//! is saved to target/display.png.
+//! pressed, pulses, filters by terminal, says "stale" when the daemon goes away, fits landscape,
+//! tablet and portrait screens in each of its three views, speaks the configured language and
+//! draws today's hours. Screenshots are saved under target/screenshots/.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::display::Site;
+use crate::display::{start_gateway, Site};
 use crate::harness::browser::Browser;
-use crate::harness::http::EventStream;
-use crate::harness::repo_root;
+use crate::harness::http::{self, EventStream};
+use crate::harness::{write_file, RunningChild};
+
+/// The screens the board is laid out for: width, height, and the least font size (CSS px) any
+/// text may have there (24 px: readable from 3 m on a 43" 1080p panel; a small tablet is read
+/// from closer).
+const SCREENS: [(u32, u32, f64); 3] = [(1920, 1080, 24.0), (1024, 600, 14.0), (1080, 1920, 24.0)];
+
+/// The three views: name and query.
+const VIEWS: [(&str, &str); 3] = [
+    ("site", ""),
+    ("terminal", "?terminal=entrance"),
+    ("terminals", "?view=terminals"),
+];
+
+/// Twelve terminals, as a big store might have.
+const TERMINALS: [&str; 12] = [
+    "entrance",
+    "exit",
+    "checkout-1",
+    "checkout-2",
+    "checkout-3",
+    "checkout-4",
+    "cafe",
+    "toilets-ground-floor",
+    "toilets-first-floor",
+    "service-desk",
+    "pharmacy",
+    "garden-centre",
+];
+
+/// A gateway whose simulated terminals press away (no serial line needed).
+struct Board {
+    _dir: tempfile::TempDir,
+    _gateway: RunningChild,
+    addr: SocketAddr,
+}
+
+impl Board {
+    /// `terminals` simulated terminals, the `[display]` table's extra lines and, if given, the
+    /// same opening hours every day (`"closed"` for a closed day).
+    fn start(terminals: &[&str], display: &str, hours: Option<&str>) -> Board {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = format!(
+            "gateway-id = \"gw-board\"\nsite = \"test-store\"\ndata-dir = \"{}\"\ntime-zone = \"Europe/Berlin\"\nlisten = \"127.0.0.1:0\"\n\n[display]\n{display}\n\n[filter]\nmin-interval = \"1s\"\n\n",
+            dir.path().join("journal").display()
+        );
+        if let Some(hours) = hours {
+            config.push_str("[opening-hours]\n");
+            for day in [
+                "monday",
+                "tuesday",
+                "wednesday",
+                "thursday",
+                "friday",
+                "saturday",
+                "sunday",
+            ] {
+                config.push_str(&format!("{day} = \"{hours}\"\n"));
+            }
+            config.push('\n');
+        }
+        for id in terminals {
+            config.push_str(&format!(
+                "[[terminal]]\nid = \"{id}\"\nkind = \"simulated\"\npresses-per-minute = 90\n\n"
+            ));
+        }
+        let path = write_file(dir.path(), "votegate.toml", &config);
+        let (gateway, addr) = start_gateway(&path);
+        Board {
+            _dir: dir,
+            _gateway: gateway,
+            addr,
+        }
+    }
+
+    /// Waits until every terminal has pressed at least `presses` times today (hours included,
+    /// so that presses outside opening hours count too).
+    fn wait_presses(&self, presses: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let tallies = http::get(self.addr, "/api/v1/tallies").json();
+            let least = tallies["terminals"]
+                .as_object()
+                .map(|terminals| {
+                    terminals
+                        .values()
+                        .map(|w| {
+                            w["hours"]
+                                .as_array()
+                                .map(|hours| {
+                                    hours
+                                        .iter()
+                                        .flat_map(|h| h.as_array().cloned().unwrap_or_default())
+                                        .filter_map(|n| n.as_u64())
+                                        .sum::<u64>()
+                                })
+                                .unwrap_or(0)
+                        })
+                        .min()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            if least >= presses {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the simulated terminals did not press {presses} times each: {tallies}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Opens `url` and waits until the page is live and has drawn the tallies.
+fn open_live(browser: &Browser, url: &str, live: &str) {
+    browser.open(url);
+    browser.wait_until(
+        "the page to be live and drawn",
+        Duration::from_secs(15),
+        |b| {
+            b.text("live") == live
+                && b.eval("return document.querySelectorAll('.cols .col').length > 0")
+                    .as_bool()
+                    .unwrap_or(false)
+        },
+    );
+    // Let the share bars finish their transition.
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+/// Asserts that nothing reaches outside the viewport and no text is under `min_font` px.
+fn assert_fits(browser: &Browser, what: &str, min_font: f64) {
+    let layout = browser.layout();
+    eprintln!(
+        "{what}: viewport {:?}, smallest text {} px ({}); cut: {:?}",
+        layout.viewport, layout.min_font_px, layout.min_font_element, layout.clipped
+    );
+    assert!(
+        layout.outside.is_empty(),
+        "{what}: outside the {:?} viewport: {:#?}",
+        layout.viewport,
+        layout.outside
+    );
+    assert!(
+        layout.min_font_px >= min_font - 0.01,
+        "{what}: text of {} px ({}), under {min_font} px",
+        layout.min_font_px,
+        layout.min_font_element
+    );
+}
 
 #[test]
 fn the_display_page_updates_live_and_shows_stale_when_the_daemon_is_gone() {
@@ -28,10 +180,10 @@ fn the_display_page_updates_live_and_shows_stale_when_the_daemon_is_gone() {
     assert_eq!(browser.text("count-4"), "2");
     assert_eq!(browser.text("count-3"), "1");
     assert_eq!(browser.text("count-1"), "0");
-    assert_eq!(browser.text("positive"), "100 %");
+    assert_eq!(browser.text("positive"), "100%");
     // (3 + 3 + 2) / 9 × 100 = 88.9
     assert_eq!(browser.text("happy-index"), "89");
-    assert_eq!(browser.text("pct-4"), "67 %");
+    assert_eq!(browser.text("pct-4"), "67%");
     assert!(
         browser
             .eval("return document.getElementById('face-3').classList.contains('pulse')")
@@ -46,20 +198,14 @@ fn the_display_page_updates_live_and_shows_stale_when_the_daemon_is_gone() {
     );
     assert_eq!(browser.text("upload"), "Upload: not configured");
 
-    let screenshot = browser.screenshot();
-    assert!(
-        screenshot.starts_with(b"\x89PNG\r\n\x1a\n") && screenshot.len() > 10_000,
-        "not a screenshot"
-    );
-    let path = repo_root().join("target").join("display.png");
-    std::fs::write(&path, &screenshot).expect("save the screenshot");
-    eprintln!("screenshot: {}", path.display());
+    let path = browser.save_screenshot("display");
+    assert!(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) > 10_000);
 
     browser.open(&format!("{url}?terminal=entrance"));
     browser.wait_until("the per-terminal view", Duration::from_secs(10), |b| {
         b.text("total") == "3"
     });
-    assert_eq!(browser.text("scope"), "Terminal entrance · today");
+    assert_eq!(browser.text("scope"), "Terminal entrance · Today");
     browser.open(&format!("{url}?terminal=nowhere"));
     browser.wait_until("an unknown terminal named", Duration::from_secs(10), |b| {
         b.text("scope").contains("Unknown terminal")
@@ -110,4 +256,162 @@ fn a_screen_refused_with_503_shows_live_numbers_again_within_30_s_of_a_slot_free
     eprintln!("live again {after:?} after the slot freed");
     assert!(after < Duration::from_secs(30), "{after:?}");
     assert!(browser.text("last-data").starts_with("Last data "));
+}
+
+#[test]
+fn the_board_fits_landscape_tablet_and_portrait_screens_in_every_view() {
+    let board = Board::start(&TERMINALS, "", None);
+    board.wait_presses(3);
+    let browser = Browser::start();
+    for (view, query) in VIEWS {
+        for (width, height, min_font) in SCREENS {
+            browser.set_viewport(width, height);
+            open_live(&browser, &format!("http://{}/{query}", board.addr), "Live");
+            let what = format!("{view} at {width}×{height}");
+            assert_fits(&browser, &what, min_font);
+            if view == "terminals" {
+                // Ranked by happy index, terminals without votes last; what does not fit is counted.
+                let shown = browser.eval(
+                    "return [...document.querySelectorAll('.tile .t-index')].map(e => e.textContent)",
+                );
+                let indexes: Vec<f64> = shown
+                    .as_array()
+                    .expect("tiles")
+                    .iter()
+                    .map(|t| t.as_str().unwrap_or("").parse().unwrap_or(-1.0))
+                    .collect();
+                assert!(!indexes.is_empty(), "{what}: no tiles");
+                assert!(
+                    indexes.windows(2).all(|w| w[0] >= w[1] || w[1] < 0.0),
+                    "{what}: not ranked: {indexes:?}"
+                );
+                let more = browser.eval(
+                    "const m = document.getElementById('more'); return m ? m.textContent : ''",
+                );
+                let more = more.as_str().unwrap_or("");
+                if indexes.len() < TERMINALS.len() {
+                    assert_eq!(
+                        more,
+                        format!("+{} more", TERMINALS.len() - indexes.len()),
+                        "{what}"
+                    );
+                } else {
+                    assert_eq!(more, "", "{what}");
+                }
+            }
+            browser.save_screenshot(&format!("{view}-{width}x{height}"));
+        }
+    }
+}
+
+/// A weekday's name in German, Monday first.
+const WOCHENTAGE: [&str; 7] = [
+    "Montag",
+    "Dienstag",
+    "Mittwoch",
+    "Donnerstag",
+    "Freitag",
+    "Samstag",
+    "Sonntag",
+];
+
+#[test]
+fn in_german_on_a_closed_day_the_board_shows_german_labels_site_time_and_the_presses_outside_hours()
+{
+    let board = Board::start(&TERMINALS[..3], "language = \"de\"", Some("closed"));
+    board.wait_presses(2);
+    let browser = Browser::start();
+    browser.set_viewport(1920, 1080);
+    open_live(&browser, &format!("http://{}/", board.addr), "Live");
+    let lang = browser.eval("return document.documentElement.lang");
+    assert_eq!(lang, "de");
+    assert_eq!(browser.text("title"), "Wie war Ihr Besuch heute?");
+    assert_eq!(browser.text("scope"), "Alle Terminals · Heute");
+    assert_eq!(browser.text("h-index"), "Zufriedenheitsindex");
+    assert_eq!(browser.text("h-votes"), "Stimmen");
+    assert_eq!(browser.text("r-60"), "Letzte 60 Min.");
+    assert_eq!(browser.text("legend-ghost"), "Gleicher Tag letzte Woche");
+    assert_eq!(browser.text("upload"), "Upload: nicht eingerichtet");
+    assert!(browser.text("last-data").starts_with("Letzte Daten "));
+    // Closed all day: no votes counted, but the note says what was pressed.
+    assert_eq!(browser.text("total"), "0");
+    let note = browser.text("note");
+    assert!(
+        note.ends_with("Tastendrücke außerhalb der Öffnungszeiten")
+            || note.contains("Tastendrücke außerhalb der Öffnungszeiten · "),
+        "{note:?}"
+    );
+    // The site's date and 24-hour time (Europe/Berlin), whatever the browser's zone.
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").expect("zone");
+    let now = jiff::Timestamp::now().to_zoned(berlin);
+    let time = browser.text("time");
+    let minutes = [
+        now.strftime("%H:%M").to_string(),
+        now.checked_sub(jiff::Span::new().minutes(1))
+            .expect("a minute ago")
+            .strftime("%H:%M")
+            .to_string(),
+    ];
+    assert!(
+        minutes.contains(&time),
+        "time {time:?}, Berlin says {minutes:?}"
+    );
+    let date = browser.text("date");
+    let weekday = WOCHENTAGE[usize::from(now.weekday().to_monday_zero_offset() as u8)];
+    assert!(date.starts_with(weekday), "{date:?} is not {weekday}");
+    assert_fits(&browser, "German site view at 1920×1080", 24.0);
+    browser.save_screenshot("de-site-1920x1080");
+
+    // German words are long: the tablet must still fit, in each view.
+    browser.set_viewport(1024, 600);
+    for (view, query) in [("site", ""), ("terminals", "?view=terminals")] {
+        open_live(&browser, &format!("http://{}/{query}", board.addr), "Live");
+        assert_fits(&browser, &format!("German {view} view at 1024×600"), 14.0);
+        browser.save_screenshot(&format!("de-{view}-1024x600"));
+    }
+    assert!(browser
+        .eval("return document.querySelector('.tile .t-sub').textContent")
+        .as_str()
+        .unwrap_or("")
+        .starts_with("Zufriedenheitsindex"));
+}
+
+#[test]
+fn the_display_page_draws_todays_presses_in_the_current_hour() {
+    let mut site = Site::start(8);
+    let browser = Browser::start();
+    browser.set_viewport(1920, 1080);
+    let url = format!("http://{}/", site.addr);
+    open_live(&browser, &url, "Live");
+    site.press(&[1, 4, 4, 3], 4);
+    browser.wait_until("the current hour to hold 4 presses", Duration::from_secs(10), |b| {
+        b.eval("const c = document.querySelector('#chart .col.now'); return c ? c.dataset.count : ''")
+            == "4"
+    });
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").expect("zone");
+    let hour = jiff::Timestamp::now()
+        .to_zoned(berlin)
+        .strftime("%H")
+        .to_string();
+    let labelled =
+        browser.eval("return document.querySelector('#chart .labels .now').dataset.hour");
+    assert_eq!(
+        labelled,
+        hour.as_str(),
+        "the current hour is labelled by its local hour"
+    );
+    // Four segments (one per button pressed: 1, 3, 4) in the stacked bar.
+    let segments =
+        browser.eval("return document.querySelectorAll('#chart .col.now .stack > div').length");
+    assert_eq!(segments, 3);
+    browser.save_screenshot("hours-site-1920x1080");
+
+    // One terminal alone fills the terminals view.
+    open_live(&browser, &format!("{url}?view=terminals"), "Live");
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('.tile').length"),
+        1
+    );
+    assert_fits(&browser, "one terminal side by side at 1920×1080", 24.0);
+    browser.save_screenshot("terminals-one-1920x1080");
 }
