@@ -300,9 +300,34 @@ fn the_board_fits_landscape_tablet_and_portrait_screens_in_every_view() {
                 }
             }
             browser.save_screenshot(&format!("{view}-{width}x{height}"));
+
+            // Two open alerts, as the SSE events would bring them: the banner must fit too.
+            let banner = browser.eval(INJECT_ALERTS);
+            assert_eq!(
+                banner,
+                serde_json::json!([
+                    "All terminals: happy index 52, below 60, in the last 15 min",
+                    "Terminal entrance: 62% negative in the last 15 min"
+                ]),
+                "{what}"
+            );
+            assert_fits(&browser, &format!("{what} with alerts"), min_font);
+            browser.save_screenshot(&format!("{view}-{width}x{height}-alerts"));
         }
     }
 }
+
+/// Opens two alerts in the page as its `alert-opened` handler would, and returns the banner's
+/// lines.
+const INJECT_ALERTS: &str = r##"
+const opened = new Date().toISOString();
+alerts.set(9001, {id: 9001, scope: "site", kind: "index-below", threshold: 60, window: "15m", min_votes: 4,
+                  button: null, state: "open", opened_at: opened, closed_at: null, value: 52.4, votes: 9});
+alerts.set(9002, {id: 9002, scope: "entrance", kind: "negative-share", threshold: 50, window: "15m", min_votes: 4,
+                  button: null, state: "open", opened_at: opened, closed_at: null, value: 62, votes: 8});
+renderBanner();
+return [...document.querySelectorAll("#banner div")].map((d) => d.textContent);
+"##;
 
 /// A weekday's name in German, Monday first.
 const WOCHENTAGE: [&str; 7] = [
