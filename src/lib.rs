@@ -46,6 +46,7 @@
 //!   `journal/counts.rs`, `sources/serial/frame.rs`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
+pub mod alerts;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

@@ -6,6 +6,7 @@
 //! `journal.when-full`) and, where it can, the line. Relative paths are relative to the config
 //! file's folder.
 
+mod alerts;
 mod display;
 mod gpio;
 mod raw;
@@ -92,6 +93,8 @@ pub struct Config {
     pub gpio: GpioBackend,
     /// When faults make `/healthz` unhealthy (`unhealthy-after`, `uplink.unhealthy-after`).
     pub health: crate::health::HealthSettings,
+    /// The alert rules (`[[alert]]`; the default rule when there is none).
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// How terminals share a serial port (hardware/PROTOCOL.md § 1).
@@ -344,6 +347,7 @@ impl Document<'_> {
             .as_ref()
             .map(|uplink| self.uplink(uplink, &gateway_id, &site))
             .transpose()?;
+        let alerts = self.alerts(&raw.alert, &terminals)?;
         let health = crate::health::HealthSettings {
             terminal_after: self
                 .unhealthy_after("unhealthy-after", raw.unhealthy_after.as_ref())?,
@@ -368,6 +372,7 @@ impl Document<'_> {
             uplink,
             gpio,
             health,
+            alerts,
         })
     }
 

@@ -30,6 +30,21 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub serial_port: Vec<Spanned<RawSerialPort>>,
     pub gpio: Option<RawGpio>,
+    #[serde(default)]
+    pub alert: Vec<Spanned<RawAlert>>,
+}
+
+/// One `[[alert]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawAlert {
+    pub kind: Spanned<String>,
+    pub threshold: Spanned<f64>,
+    pub window: Option<Spanned<String>>,
+    pub min_votes: Option<Spanned<i64>>,
+    pub terminal: Option<Spanned<String>>,
+    pub button: Option<Spanned<i64>>,
+    pub hold_down: Option<Spanned<String>>,
 }
 
 /// The `[gpio]` table: where GPIO terminals get their pins.

@@ -21,6 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::outbox::{AlertSink, Outbox, ALERTS_DIR};
+use crate::alerts::AlertsState;
 use crate::clock::Clock;
 use crate::config::{Config, DisplayConfig, GpioBackend};
 use crate::display::{self, DisplayState};
@@ -30,7 +32,7 @@ use crate::sources::registry::Registry;
 use crate::sources::serial::{self, PortContext};
 use crate::sources::{gpio, simulated, Intake};
 use crate::status::StatusSource;
-use crate::tallies::task::TallySetup;
+use crate::tallies::task::{AlertsSetup, TallySetup};
 use crate::uplink::task::Uplink;
 use crate::uplink::{Connection, UplinkSettings, UplinkState};
 use reload::{ReloadPlan, UnitKey, UnitSpec, UplinkChange};
@@ -201,6 +203,8 @@ struct Daemon {
     health: watch::Sender<HealthSettings>,
     display: watch::Sender<DisplayConfig>,
     tallies: watch::Sender<TallySetup>,
+    /// Alert messages waiting for the broker (none if the folder could not be opened).
+    alerts_outbox: Option<Arc<Outbox>>,
     /// The GPIO header, once a GPIO terminal needed it (or why it cannot be used).
     gpio_header: Option<Result<Arc<dyn gpio::pins::Header>, String>>,
     /// Long-lived tasks: HTTP, tallies, status, watchdog, the simulated header.
@@ -243,6 +247,7 @@ impl Daemon {
             units: BTreeMap::new(),
             sources: TaskTracker::new(),
             uplink: None,
+            alerts_outbox: None,
             uplink_state,
             health,
             gpio_header: None,
@@ -257,8 +262,16 @@ impl Daemon {
         journal: &JournalService,
         listener: tokio::net::TcpListener,
     ) -> Result<(), DaemonError> {
+        let (outbox, state) = open_alerts_outbox(&self.config);
+        let sink = outbox.clone().map(|outbox| {
+            let (sink, writer) = AlertSink::new(outbox, &self.config.gateway_id, &self.config.site);
+            self.tasks.spawn(writer);
+            sink
+        });
+        self.alerts_outbox = outbox;
         let (tallies, follower) = crate::tallies::task::start_following(
             self.tallies.subscribe(),
+            AlertsSetup { state, sink },
             journal.handle(),
             journal.subscribe(),
             self.clock.clone(),
@@ -303,6 +316,7 @@ impl Daemon {
             self.clock.clone(),
             Arc::new(move || telemetry_source.telemetry()),
             self.uplink_state.clone(),
+            self.alerts_outbox.clone(),
         );
         log::info!(
             broker:% = format!("{}:{}", settings.host, settings.port), topic:% = settings.topic_prefix, tls = settings.tls.is_some();
@@ -492,6 +506,18 @@ fn tally_setup(config: &Config) -> TallySetup {
     TallySetup {
         rules: config.tally_rules(),
         terminals: config.terminals.iter().map(|t| t.id.clone()).collect(),
+        alerts: config.alerts.clone(),
+    }
+}
+
+/// Opens the alerts' outbox in the data folder; without it alerts still reach screens.
+fn open_alerts_outbox(config: &Config) -> (Option<Arc<Outbox>>, AlertsState) {
+    match Outbox::open(&config.data_dir.join(ALERTS_DIR)) {
+        Ok((outbox, state)) => (Some(Arc::new(outbox)), state),
+        Err(err) => {
+            log::error!("{err}; alerts reach screens but not the cloud");
+            (None, AlertsState::default())
+        }
     }
 }
 

@@ -129,7 +129,7 @@ pub struct ReloadPlan {
     pub uplink: UplinkChange,
     /// Terminals added, removed or of another kind (the registry follows).
     pub terminals: bool,
-    /// The tallies' rules or terminals (they are rebuilt from the journal).
+    /// The tallies' rules or terminals (they are rebuilt from the journal), or the alert rules.
     pub tallies: bool,
     /// `[display]` (title, language, labels, screens, connections, origins): pages loaded
     /// after the reload get the new settings.
@@ -248,7 +248,9 @@ pub fn plan(running: &Config, file: &Config) -> Result<ReloadPlan, Vec<Immovable
         kept,
         uplink,
         terminals: kinds(running) != kinds(file),
-        tallies: rules(running) != rules(file) || ids(running) != ids(file),
+        tallies: rules(running) != rules(file)
+            || ids(running) != ids(file)
+            || running.alerts != file.alerts,
         display: running.display != file.display,
         health: running.health != file.health,
         log_level: running.log_level != file.log_level,

@@ -12,6 +12,12 @@ pub async fn tallies(State(state): State<DisplayState>) -> Response {
     json(&*snapshot)
 }
 
+/// `GET /api/v1/alerts`: open alerts and those closed in the last 24 hours.
+pub async fn alerts(State(state): State<DisplayState>) -> Response {
+    let snapshot = state.tallies.alerts.borrow().clone();
+    json(&*snapshot)
+}
+
 /// `GET /api/v1/status`.
 pub async fn status(State(state): State<DisplayState>) -> Response {
     json(&state.status.snapshot())

@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::DisplayState;
+use crate::alerts::AlertsSnapshot;
 use crate::health::ReasonKind;
 use crate::status::StatusSnapshot;
 use crate::tallies::TalliesSnapshot;
@@ -22,7 +23,9 @@ pub async fn metrics(State(state): State<DisplayState>) -> Response {
         connections: state.connections.open(),
         refused: state.connections.refused(),
     };
-    let text = render(&status, &tallies, &http);
+    let alerts = state.tallies.alerts.borrow().clone();
+    let mut text = render(&status, &tallies, &http);
+    render_alerts(&mut text, &alerts);
     (
         [(
             header::CONTENT_TYPE,
@@ -331,6 +334,37 @@ pub fn render(status: &StatusSnapshot, tallies: &TalliesSnapshot, http: &HttpCou
         }
     }
     out.0
+}
+
+/// The alert gauges: how many are open, and each open alert by scope and kind.
+pub fn render_alerts(text: &mut String, alerts: &AlertsSnapshot) {
+    let mut out = Exposition(std::mem::take(text));
+    out.single(
+        "votegate_alerts_open",
+        "gauge",
+        "Alerts open now (GET /api/v1/alerts).",
+        alerts.open.len(),
+    );
+    out.family(
+        "votegate_alert_open",
+        "gauge",
+        "1 for each open alert, by its scope (site or terminal) and kind, with the number that opened it as `value`.",
+    );
+    for alert in &alerts.open {
+        let id = alert.id.to_string();
+        let value = alert.value.to_string();
+        out.sample(
+            "votegate_alert_open",
+            &[
+                ("id", id.as_str()),
+                ("scope", alert.scope.as_str()),
+                ("kind", alert.kind.name()),
+                ("value", value.as_str()),
+            ],
+            1,
+        );
+    }
+    *text = out.0;
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ pub fn router(state: DisplayState) -> Router {
     Router::new()
         .route("/", get(page::page))
         .route("/api/v1/tallies", get(api::tallies))
+        .route("/api/v1/alerts", get(api::alerts))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/events", get(sse::events))
         .route("/healthz", get(api::healthz))

@@ -396,6 +396,33 @@ impl Tallies {
         }
     }
 
+    /// Counted presses of `terminal` (of the site, for `None`) in the last `minutes` minutes
+    /// at `now_ms`: the current minute and the `minutes - 1` before it.
+    pub fn counts_in_last(
+        &self,
+        terminal: Option<&TerminalId>,
+        minutes: u32,
+        now_ms: i64,
+    ) -> Counts {
+        let now_minute = minute_index(now_ms);
+        let from = now_minute.saturating_sub(minutes.saturating_sub(1));
+        let mut counts = Counts::default();
+        let mut add = |minutes: &BTreeMap<u32, MinuteTally>| {
+            for (_, tally) in minutes.range(from..=now_minute) {
+                counts.add_tally(tally);
+            }
+        };
+        match terminal {
+            Some(terminal) => {
+                if let Some(minutes) = self.minutes.get(terminal) {
+                    add(minutes);
+                }
+            }
+            None => self.minutes.values().for_each(add),
+        }
+        counts
+    }
+
     /// The windows at `now_ms`.
     pub fn snapshot(&self, now_ms: i64) -> TalliesSnapshot {
         let (day_start, day_end) = self.rules.day_bounds(now_ms);
@@ -946,6 +973,28 @@ mod tests {
         assert_eq!(axis.starts.len(), 23);
         assert_eq!(snap.site.hours[0], [0, 0, 1, 0]);
         assert_eq!(snap.site.hours.iter().flatten().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn counts_in_the_last_minutes_match_the_windows() {
+        let now = ms("2026-11-28T12:00:30");
+        let t = tallies(
+            berlin(),
+            &[
+                vote("a", 1, now - 14 * 60_000, false),
+                vote("a", 2, now - 15 * 60_000, false),
+                vote("b", 4, now - 1_000, false),
+                vote("b", 4, now - 2_000, true),
+            ],
+        );
+        let snap = t.snapshot(now);
+        assert_eq!(t.counts_in_last(None, 15, now), snap.site.last_15m);
+        assert_eq!(t.counts_in_last(None, 60, now), snap.site.last_60m);
+        let a = TerminalId::new("a").expect("id");
+        assert_eq!(t.counts_in_last(Some(&a), 15, now), Counts([1, 0, 0, 0]));
+        assert_eq!(t.counts_in_last(Some(&a), 16, now), Counts([1, 1, 0, 0]));
+        let nobody = TerminalId::new("nobody").expect("id");
+        assert_eq!(t.counts_in_last(Some(&nobody), 15, now), Counts::default());
     }
 
     #[test]

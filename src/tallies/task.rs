@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::{LiveEvent, LiveFeed};
 use super::{rfc3339_utc, Tallies, TalliesSnapshot, TallyRules};
+use crate::alerts::outbox::AlertSink;
+use crate::alerts::{AlertEngine, AlertEvent, AlertRule, AlertsSnapshot, AlertsState};
 use crate::clock::Clock;
 use crate::journal::{JournalError, JournalHandle};
 use crate::model::{Seq, TerminalId, Vote};
@@ -28,6 +30,16 @@ pub struct TallySetup {
     pub rules: TallyRules,
     /// The configured terminals (each gets windows, votes or not).
     pub terminals: Vec<TerminalId>,
+    /// The alert rules, evaluated on every vote and as the windows roll.
+    pub alerts: Vec<AlertRule>,
+}
+
+/// Where the alerts start from, and where they go besides screens.
+pub struct AlertsSetup {
+    /// What the outbox kept from before a restart.
+    pub state: AlertsState,
+    /// The outbox (for the uplink), if there is one.
+    pub sink: Option<AlertSink>,
 }
 
 /// What the tallies publish.
@@ -37,6 +49,8 @@ pub struct TalliesOutput {
     pub snapshot: watch::Receiver<Arc<TalliesSnapshot>>,
     /// Live events for screens.
     pub feed: Arc<LiveFeed>,
+    /// The open and recently closed alerts.
+    pub alerts: watch::Receiver<Arc<AlertsSnapshot>>,
 }
 
 /// A vote event's JSON.
@@ -89,32 +103,52 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
     // The sender goes at once: this setup never changes.
-    let setup = watch::channel(TallySetup { rules, terminals }).1;
-    start_following(setup, journal, votes, clock, shutdown).await
+    let setup = watch::channel(TallySetup {
+        rules,
+        terminals,
+        alerts: vec![AlertRule::default_rule()],
+    })
+    .1;
+    let alerts = AlertsSetup {
+        state: AlertsState::default(),
+        sink: None,
+    };
+    start_following(setup, alerts, journal, votes, clock, shutdown).await
 }
 
 /// [`start`] with a setup that may change (the daemon's reload).
 pub async fn start_following(
     mut setup: watch::Receiver<TallySetup>,
+    alerts: AlertsSetup,
     journal: JournalHandle,
     votes: broadcast::Receiver<Vote>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(TalliesOutput, impl std::future::Future<Output = ()>), JournalError> {
-    let TallySetup { rules, terminals } = setup.borrow_and_update().clone();
+    let TallySetup {
+        rules,
+        terminals,
+        alerts: alert_rules,
+    } = setup.borrow_and_update().clone();
     let now = now_ms(&*clock);
     // `votes` was subscribed before this read: votes below `next_seq` are in the counts.
     let (tallies, next_seq) = load(&journal, &rules, &terminals, now).await?;
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(tallies.snapshot(now)));
     let feed = Arc::new(LiveFeed::new(next_seq));
+    let engine = AlertEngine::new(alert_rules, alerts.state);
+    let (alerts_tx, alerts_rx) = watch::channel(Arc::new(engine.snapshot()));
     let output = TalliesOutput {
         snapshot,
         feed: feed.clone(),
+        alerts: alerts_rx,
     };
     let follower = Follower {
         rules,
         terminals,
         tallies,
+        alerts: engine,
+        alert_sink: alerts.sink,
+        alerts_out: alerts_tx,
         skip_below: next_seq,
         journal,
         clock,
@@ -140,6 +174,17 @@ async fn load(
     Ok((tallies, counts.next_seq))
 }
 
+/// Sleeps until the wall clock reads `at_ms` (forever for `None`).
+async fn sleep_until_wall(at_ms: Option<i64>, clock: &dyn Clock) {
+    match at_ms {
+        Some(at) => {
+            let wait = u64::try_from(at - now_ms(clock)).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn now_ms(clock: &dyn Clock) -> i64 {
     i64::try_from(clock.now().wall_ms).unwrap_or(i64::MAX)
 }
@@ -148,6 +193,9 @@ struct Follower {
     rules: TallyRules,
     terminals: Vec<TerminalId>,
     tallies: Tallies,
+    alerts: AlertEngine,
+    alert_sink: Option<AlertSink>,
+    alerts_out: watch::Sender<Arc<AlertsSnapshot>>,
     skip_below: Seq,
     journal: JournalHandle,
     clock: Arc<dyn Clock>,
@@ -166,14 +214,19 @@ impl Follower {
         roll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut following = true;
         loop {
+            let alert_check = self.alerts.next_check();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = roll.tick() => self.roll(),
+                _ = sleep_until_wall(alert_check, &*self.clock), if alert_check.is_some() => {
+                    self.evaluate_alerts(now_ms(&*self.clock));
+                }
                 changed = setup.changed(), if following => match changed {
                     Ok(()) => {
-                        let TallySetup { rules, terminals } = setup.borrow_and_update().clone();
+                        let TallySetup { rules, terminals, alerts } = setup.borrow_and_update().clone();
                         self.rules = rules;
                         self.terminals = terminals;
+                        self.alerts.set_rules(alerts);
                         log::info!(terminals = self.terminals.len(); "tallies: new rules, rebuilding from the journal");
                         self.rebuild().await;
                     }
@@ -212,7 +265,8 @@ impl Follower {
         for vote in &votes {
             self.tallies.add(vote);
         }
-        let snapshot = Arc::new(self.tallies.snapshot(now_ms(&*self.clock)));
+        let now = now_ms(&*self.clock);
+        let snapshot = Arc::new(self.tallies.snapshot(now));
         for vote in votes {
             let data = VoteEventData {
                 vote: VoteJson::of(vote),
@@ -225,6 +279,44 @@ impl Follower {
             });
         }
         self.snapshot.send_replace(snapshot);
+        self.evaluate_alerts(now);
+    }
+
+    /// Evaluates the alert rules; publishes what opened or closed to screens, the outbox and
+    /// `GET /api/v1/alerts`.
+    fn evaluate_alerts(&mut self, now: i64) {
+        let tallies = &self.tallies;
+        let events = self
+            .alerts
+            .evaluate(now, &self.terminals, |terminal, minutes| {
+                tallies.counts_in_last(terminal, minutes, now)
+            });
+        if events.is_empty() {
+            return;
+        }
+        for event in &events {
+            let alert = event.alert();
+            match event {
+                AlertEvent::Opened(_) => log::warn!(
+                    alert = alert.id, scope:% = alert.scope, value = alert.value, votes = alert.votes;
+                    "alert opened: {}", alert.rule
+                ),
+                AlertEvent::Closed(_) => log::info!(
+                    alert = alert.id, scope:% = alert.scope;
+                    "alert closed: {}", alert.rule
+                ),
+            }
+            self.feed.publish(LiveEvent {
+                id: None,
+                kind: event.name(),
+                data: serde_json::to_string(alert).unwrap_or_default(),
+            });
+        }
+        if let Some(sink) = &self.alert_sink {
+            sink.send(&events, self.alerts.state());
+        }
+        self.alerts_out
+            .send_replace(Arc::new(self.alerts.snapshot()));
     }
 
     fn roll(&mut self) {
@@ -239,6 +331,7 @@ impl Follower {
             });
         }
         self.snapshot.send_replace(snapshot);
+        self.evaluate_alerts(now);
     }
 
     async fn rebuild(&mut self) {

@@ -21,6 +21,8 @@ pub enum Tag {
         /// Its last seq.
         last: Seq,
     },
+    /// Message `n` of the alerts' outbox.
+    Alert(u64),
     /// Status or telemetry: nothing to acknowledge in the journal.
     Other,
 }
@@ -32,6 +34,8 @@ pub struct InFlight {
     requested: VecDeque<Tag>,
     /// Packet id → the batch's `after`.
     by_pkid: HashMap<u16, Seq>,
+    /// Packet id → the alert message's number.
+    alerts_by_pkid: HashMap<u16, u64>,
     /// `after` → (`last`, acknowledged), for batches not yet under the frontier.
     chain: BTreeMap<Seq, (Seq, bool)>,
     /// Every vote up to here is acknowledged.
@@ -84,9 +88,20 @@ impl InFlight {
 
     /// rumqttc wrote the next requested publish with packet id `pkid` (0 for QoS 0).
     pub fn written(&mut self, pkid: u16) {
-        if let Some(Tag::Batch { after, .. }) = self.requested.pop_front() {
-            self.by_pkid.insert(pkid, after);
+        match self.requested.pop_front() {
+            Some(Tag::Batch { after, .. }) => {
+                self.by_pkid.insert(pkid, after);
+            }
+            Some(Tag::Alert(number)) => {
+                self.alerts_by_pkid.insert(pkid, number);
+            }
+            Some(Tag::Other) | None => {}
         }
+    }
+
+    /// The broker acknowledged `pkid`: the alert message it carried, if it was one.
+    pub fn acked_alert(&mut self, pkid: u16) -> Option<u64> {
+        self.alerts_by_pkid.remove(&pkid)
     }
 
     /// The broker acknowledged `pkid`. Returns the new frontier if it moved.
@@ -134,6 +149,26 @@ mod tests {
         assert_eq!(inflight.acked(1), Some(20));
         assert_eq!(inflight.acked(2), Some(25));
         assert_eq!(inflight.batches_in_flight(), 0);
+    }
+
+    #[test]
+    fn alert_messages_are_matched_to_their_acks_apart_from_the_batches() {
+        let mut inflight = InFlight::new(10);
+        inflight.requested(Tag::Alert(3));
+        inflight.requested(Tag::Batch {
+            after: 10,
+            last: 20,
+        });
+        inflight.requested(Tag::Alert(4));
+        inflight.written(5);
+        inflight.written(6);
+        inflight.written(7);
+        assert_eq!(inflight.batches_in_flight(), 1);
+        assert_eq!(inflight.acked_alert(7), Some(4));
+        assert_eq!(inflight.acked_alert(6), None);
+        assert_eq!(inflight.acked(6), Some(20));
+        assert_eq!(inflight.acked_alert(5), Some(3));
+        assert_eq!(inflight.acked(5), None);
     }
 
     #[test]

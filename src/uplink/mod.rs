@@ -104,6 +104,11 @@ impl UplinkSettings {
     pub fn telemetry_topic(&self) -> String {
         format!("{}/telemetry", self.topic_prefix)
     }
+
+    /// `{prefix}/alerts`.
+    pub fn alerts_topic(&self) -> String {
+        format!("{}/alerts", self.topic_prefix)
+    }
 }
 
 /// Where the connection to the broker stands.

@@ -14,6 +14,7 @@ use super::mqtt::{Session, SessionEvent, UplinkError};
 use super::payload::{encode, WireVote};
 use super::ratelimit::RateLimit;
 use super::{Connection, UplinkSettings, UplinkState};
+use crate::alerts::outbox::Outbox;
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::journal::{JournalHandle, JournalStats};
@@ -26,6 +27,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// means it refuses the batch (usually its packet size limit): batches are halved.
 const OVERSIZE_STRIKES: u32 = 3;
 const MIN_PAYLOAD_BYTES: usize = 1024;
+/// Alert messages published per pass (they are rare; a backlog goes out in steps).
+const ALERTS_PER_FILL: usize = 16;
 
 /// Builds the telemetry payload (JSON) from the daemon's status.
 pub type Telemetry = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -44,6 +47,8 @@ pub struct Uplink {
     /// The batch (by `after`) in flight at the last connection losses, and how many in a row.
     suspect: Option<(Seq, u32)>,
     rate: RateLimit,
+    /// Alert messages to deliver, if the daemon keeps them.
+    alerts: Option<Arc<Outbox>>,
 }
 
 /// How a connection ended.
@@ -63,6 +68,8 @@ struct Cursors {
     live_cursor: Seq,
     /// When unsent live votes were first noticed (they may wait `max_batch_age` to share a batch).
     live_since: Option<Instant>,
+    /// Alert messages up to this number were published on this connection.
+    alerts_sent: u64,
     /// When to look again without an event (linger or rate limit).
     wake_at: Option<Instant>,
     acked_any: bool,
@@ -82,6 +89,7 @@ impl Uplink {
         clock: Arc<dyn Clock>,
         telemetry: Telemetry,
         state: watch::Sender<UplinkState>,
+        alerts: Option<Arc<Outbox>>,
     ) -> Uplink {
         state.send_modify(|s| {
             s.connection = Connection::Connecting;
@@ -106,6 +114,7 @@ impl Uplink {
             telemetry,
             suspect: None,
             rate,
+            alerts,
         }
     }
 
@@ -174,6 +183,7 @@ impl Uplink {
             live_start: stats.next_seq,
             live_cursor: stats.next_seq.saturating_sub(1),
             live_since: None,
+            alerts_sent: 0,
             wake_at: None,
             acked_any: false,
         };
@@ -190,8 +200,12 @@ impl Uplink {
             return lost(error, false);
         }
         let mut telemetry = tokio::time::interval(self.settings.telemetry_interval);
+        let alerts = self.alerts.clone();
         loop {
             if let Err(error) = self.fill(&session, &mut cursors).await {
+                return self.lost_with(error, &cursors);
+            }
+            if let Err(error) = self.send_alerts(&session, &mut cursors).await {
                 return self.lost_with(error, &cursors);
             }
             let wake_at = cursors.wake_at.take();
@@ -208,6 +222,9 @@ impl Uplink {
                     Some(SessionEvent::Written(pkid)) => cursors.inflight.written(pkid),
                     Some(SessionEvent::Acked(pkid)) => {
                         self.state.send_if_modified(|s| s.undelivered_since.take().is_some());
+                        if let Some(number) = cursors.inflight.acked_alert(pkid) {
+                            self.alert_delivered(number).await;
+                        }
                         if let Some(frontier) = cursors.inflight.acked(pkid) {
                             self.acknowledge(frontier, &mut cursors).await;
                         }
@@ -222,6 +239,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep_until(wake_at), if wake_at.is_some() => {}
+                _ = alerts_changed(alerts.as_deref()), if alerts.is_some() => {}
                 _ = telemetry.tick() => {
                     cursors.inflight.requested(Tag::Other);
                     if let Err(error) = session.publish(&self.settings.telemetry_topic(), (self.telemetry)(), false, false).await {
@@ -286,6 +304,38 @@ impl Uplink {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the alert messages waiting in the outbox that this connection has not sent.
+    async fn send_alerts(
+        &mut self,
+        session: &Session,
+        cursors: &mut Cursors,
+    ) -> Result<(), UplinkError> {
+        let Some(outbox) = &self.alerts else {
+            return Ok(());
+        };
+        for (number, bytes) in outbox.waiting_after(cursors.alerts_sent, ALERTS_PER_FILL) {
+            cursors.inflight.requested(Tag::Alert(number));
+            session
+                .publish(&self.settings.alerts_topic(), bytes.to_vec(), true, false)
+                .await?;
+            cursors.alerts_sent = number;
+            log::debug!(message = number; "uplink: alert published");
+        }
+        Ok(())
+    }
+
+    /// The broker has alert message `number`: it leaves the outbox.
+    async fn alert_delivered(&self, number: u64) {
+        let Some(outbox) = self.alerts.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || outbox.delivered(number)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => log::warn!("{err}; the alert may be sent again"),
+            Err(err) => log::warn!("alerts outbox: {err}; the alert may be sent again"),
+        }
     }
 
     /// Votes after `after` (below `below`, if given), up to a batch's worth.
@@ -391,6 +441,13 @@ async fn wait_connected(session: &mut Session) -> Result<(), UplinkError> {
             Some(_) => {}
             None => return Err(UplinkError::Closed("session ended".into())),
         }
+    }
+}
+
+async fn alerts_changed(outbox: Option<&Outbox>) {
+    match outbox {
+        Some(outbox) => outbox.changed().await,
+        None => std::future::pending().await,
     }
 }
 

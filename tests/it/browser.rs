@@ -70,6 +70,9 @@ impl Board {
             }
             config.push('\n');
         }
+        // A rule that never holds, in place of the default one (simulated terminals press
+        // unhappy runs now and then): the alerts of the layout test are its own.
+        config.push_str("[[alert]]\nkind = \"index-above\"\nthreshold = 100\n\n");
         for id in terminals {
             config.push_str(&format!(
                 "[[terminal]]\nid = \"{id}\"\nkind = \"simulated\"\npresses-per-minute = 90\n\n"
@@ -321,6 +324,7 @@ fn the_board_fits_landscape_tablet_and_portrait_screens_in_every_view() {
 /// lines.
 const INJECT_ALERTS: &str = r##"
 const opened = new Date().toISOString();
+alerts = new Map();
 alerts.set(9001, {id: 9001, scope: "site", kind: "index-below", threshold: 60, window: "15m", min_votes: 4,
                   button: null, state: "open", opened_at: opened, closed_at: null, value: 52.4, votes: 9});
 alerts.set(9002, {id: 9002, scope: "entrance", kind: "negative-share", threshold: 50, window: "15m", min_votes: 4,
@@ -439,4 +443,37 @@ fn the_display_page_draws_todays_presses_in_the_current_hour() {
     );
     assert_fits(&browser, "one terminal side by side at 1920×1080", 24.0);
     browser.save_screenshot("terminals-one-1920x1080");
+}
+
+#[test]
+fn the_banner_shows_an_alert_opened_by_unhappy_votes() {
+    // No [[alert]] in the config: the default rule, a negative share of 50 % or more over 15 min
+    // with at least 4 votes, per terminal.
+    let mut site = Site::start(8);
+    let browser = Browser::start();
+    browser.set_viewport(1920, 1080);
+    let url = format!("http://{}/", site.addr);
+    open_live(&browser, &url, "Live");
+    assert_eq!(
+        browser.eval("return document.getElementById('banner').hidden"),
+        true
+    );
+    let expected = "Terminal entrance: 100% negative in the last 15 min";
+    site.press(&[1, 1, 1, 1], 4);
+    // Live, from the alert-opened event.
+    browser.wait_until("the banner", Duration::from_secs(10), |b| {
+        b.text("banner") == expected
+    });
+    assert_fits(&browser, "site view with the alert at 1920×1080", 24.0);
+    browser.save_screenshot("alert-site-1920x1080");
+    // A page loaded later fetches it from /api/v1/alerts; the terminal's tile is marked.
+    open_live(&browser, &format!("{url}?view=terminals"), "Live");
+    browser.wait_until("the banner after a reload", Duration::from_secs(10), |b| {
+        b.text("banner") == expected
+    });
+    assert_eq!(
+        browser.eval("return document.querySelector('.tile.alerting').dataset.terminal"),
+        "entrance"
+    );
+    browser.save_screenshot("alert-terminals-1920x1080");
 }

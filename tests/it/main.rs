@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod alerts;
 mod architecture;
 mod browser;
 mod bus;

@@ -24,17 +24,17 @@ use crate::harness::votes;
 use crate::harness::{votegate_command, write_file, RunningChild};
 
 /// Broker, proxy and subscriber.
-struct Cloud {
-    dir: tempfile::TempDir,
+pub(crate) struct Cloud {
+    pub(crate) dir: tempfile::TempDir,
     pki: Pki,
     broker: Mosquitto,
-    proxy: FaultProxy,
-    subscriber: Subscriber,
-    line: Line,
+    pub(crate) proxy: FaultProxy,
+    pub(crate) subscriber: Subscriber,
+    pub(crate) line: Line,
 }
 
 impl Cloud {
-    fn start(broker_extra: &str) -> Cloud {
+    pub(crate) fn start(broker_extra: &str) -> Cloud {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = Pki::generate(dir.path());
         let broker = Mosquitto::start(dir.path(), &pki, broker_extra);
@@ -51,7 +51,7 @@ impl Cloud {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("journal")
     }
 
@@ -94,7 +94,7 @@ telemetry-interval = "2s"
         write_file(self.dir.path(), "votegate.toml", &text)
     }
 
-    fn good_config(&self, uplink_extra: &str) -> PathBuf {
+    pub(crate) fn good_config(&self, uplink_extra: &str) -> PathBuf {
         self.config(
             &self.pki.ca,
             &self.pki.gateway_cert,
@@ -135,11 +135,11 @@ telemetry-interval = "2s"
     }
 }
 
-fn status(addr: std::net::SocketAddr) -> serde_json::Value {
+pub(crate) fn status(addr: std::net::SocketAddr) -> serde_json::Value {
     http::get(addr, "/api/v1/status").json()
 }
 
-fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
