@@ -122,6 +122,7 @@ pub const LABELS: &[(&str, [&str; 8])] = &[
     ("votes", ["Votes", "Stimmen", "Votes", "Votos", "Voti", "Stemmen", "Röster", "Ääniä"]),
     ("hours-today", ["Today", "Heute", "Aujourd’hui", "Hoy", "Oggi", "Vandaag", "I dag", "Tänään"]),
     ("hours-last-week", ["Same day last week", "Gleicher Tag letzte Woche", "Même jour la semaine dernière", "Mismo día la semana pasada", "Stesso giorno settimana scorsa", "Zelfde dag vorige week", "Samma dag förra veckan", "Sama päivä viime viikolla"]),
+    ("chart-top", ["Top line: {n} per hour", "Obere Linie: {n} pro Stunde", "Ligne du haut : {n} par heure", "Línea superior: {n} por hora", "Linea superiore: {n} all’ora", "Bovenste lijn: {n} per uur", "Översta linjen: {n} per timme", "Ylin viiva: {n} tunnissa"]),
     ("no-votes", ["No votes yet", "Noch keine Stimmen", "Pas encore de votes", "Aún no hay votos", "Ancora nessun voto", "Nog geen stemmen", "Inga röster än", "Ei vielä ääniä"]),
     ("outside-hours", ["{n} presses outside opening hours", "{n} Tastendrücke außerhalb der Öffnungszeiten", "{n} appuis hors des heures d’ouverture", "{n} pulsaciones fuera del horario de apertura", "{n} pressioni fuori dall’orario di apertura", "{n} drukken buiten openingstijden", "{n} tryck utanför öppettiderna", "{n} painallusta aukioloaikojen ulkopuolella"]),
     ("filtered", ["{n} filtered", "{n} gefiltert", "{n} filtrés", "{n} filtradas", "{n} filtrate", "{n} gefilterd", "{n} filtrerade", "{n} suodatettu"]),
