@@ -43,7 +43,7 @@
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `journal/filter.rs`, `journal/block.rs`,
-//!   `journal/counts.rs`, `sources/serial/frame.rs`) do no I/O;
+//!   `journal/counts.rs`, `sources/serial/frame.rs`, `labels`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
 pub mod alerts;

@@ -96,6 +96,7 @@ fn pure_modules_do_no_io() {
         "journal/codec.rs",
         "journal/counts.rs",
         "config/units.rs",
+        "labels.rs",
         "tallies/mod.rs",
         "uplink/payload.rs",
         "uplink/batch.rs",

@@ -407,7 +407,12 @@ fn in_german_on_a_closed_day_the_board_shows_german_labels_site_time_and_the_pre
 
 #[test]
 fn the_display_page_draws_todays_presses_in_the_current_hour() {
+    const WEEK_MS: i64 = 7 * 86_400_000;
     let mut site = Site::start(8);
+    // A week ago (the gateway's clock set back), three presses: the ghost of this hour.
+    site.set_clock_offset(-WEEK_MS);
+    site.press(&[2, 3, 3], 3);
+    site.set_clock_offset(0);
     let browser = Browser::start();
     browser.set_viewport(1920, 1080);
     let url = format!("http://{}/", site.addr);
@@ -429,10 +434,24 @@ fn the_display_page_draws_todays_presses_in_the_current_hour() {
         hour.as_str(),
         "the current hour is labelled by its local hour"
     );
-    // Four segments (one per button pressed: 1, 3, 4) in the stacked bar.
+    // A segment per button pressed (1, 3, 4) in the stacked bar.
     let segments =
         browser.eval("return document.querySelectorAll('#chart .col.now .stack > div').length");
     assert_eq!(segments, 3);
+    browser.wait_until(
+        "last week's ghost in this hour",
+        Duration::from_secs(10),
+        |b| b.eval("return document.querySelectorAll('#chart .col.now .ghost').length") == 1,
+    );
+    // 4 today against 3 a week ago: the ghost is three quarters of the bar.
+    let ratio = browser.eval(
+        "const c = document.querySelector('#chart .col.now'); \
+         return c.querySelector('.ghost').offsetHeight / c.querySelector('.stack').offsetHeight",
+    );
+    assert!(
+        (ratio.as_f64().unwrap_or(0.0) - 0.75).abs() < 0.05,
+        "{ratio}"
+    );
     browser.save_screenshot("hours-site-1920x1080");
 
     // One terminal alone fills the terminals view.
