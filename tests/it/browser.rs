@@ -318,7 +318,58 @@ fn the_board_fits_landscape_tablet_and_portrait_screens_in_every_view() {
             browser.save_screenshot(&format!("{view}-{width}x{height}-alerts"));
         }
     }
+
+    // Days of 25 and 23 hours are labelled by their local hours, not by index.
+    browser.open(&format!("http://{}/", board.addr));
+    let days = browser.eval(DST_DAYS);
+    let hours = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|h| h.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let autumn = hours(&days[0]);
+    let spring = hours(&days[1]);
+    assert_eq!(autumn.len(), 25, "{autumn:?}");
+    assert_eq!(&autumn[..5], ["00", "01", "02", "02", "03"]);
+    assert_eq!(autumn[24], "23");
+    assert_eq!(spring.len(), 23, "{spring:?}");
+    assert_eq!(&spring[..3], ["00", "01", "03"]);
 }
+
+/// Draws the hours of Berlin's autumn DST day (25 hours, 02:00 twice) and its spring one (23,
+/// no 02:00) from made-up tallies, and returns, per day, the hour each column is labelled with.
+const DST_DAYS: &str = r##"
+const windows = (n) => {
+  const w = {very_unhappy: 0, unhappy: 0, happy: 0, very_happy: 0, total: 0, positive_pct: null, happy_index: null};
+  return {today: w, today_outside_hours: w, last_60m: w, last_15m: w, filtered_today: 0,
+          hours: Array.from({length: n}, () => [0, 0, 1, 1]), hours_last_week: Array.from({length: 24}, () => [1, 0, 0, 0])};
+};
+const autumn = [];
+for (let h = 0; h < 24; h++) {
+  const hh = String(h).padStart(2, "0");
+  autumn.push("2026-10-25T" + hh + ":00:00" + (h < 3 ? "+02:00" : "+01:00"));
+  if (h === 2) autumn.push("2026-10-25T02:00:00+01:00");
+}
+const spring = [];
+for (let h = 0; h < 24; h++) {
+  if (h === 2) continue;
+  spring.push("2026-03-29T" + String(h).padStart(2, "0") + ":00:00" + (h < 2 ? "+01:00" : "+02:00"));
+}
+const result = [];
+for (const starts of [autumn, spring]) {
+  const tallies = {generated_at: new Date().toISOString(), time_zone: "Europe/Berlin", day_start: starts[0],
+    hour_axes: {today: {date: starts[0].slice(0, 10), starts, open: starts.map(() => true)},
+                last_week: {date: "x", starts: Array.from({length: 24}, (_, h) => "2026-01-01T" + String(h).padStart(2, "0") + ":00:00+01:00"), open: []}},
+    site: windows(starts.length), terminals: {}};
+  render(tallies);
+  result.push([...document.querySelectorAll("#chart .labels span")].map((s) => s.dataset.hour));
+}
+return result;
+"##;
 
 /// Opens two alerts in the page as its `alert-opened` handler would, and returns the banner's
 /// lines.
