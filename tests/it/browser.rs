@@ -535,6 +535,19 @@ fn the_banner_shows_an_alert_opened_by_unhappy_votes() {
         b.text("banner") == expected
     });
     assert_fits(&browser, "site view with the alert at 1920×1080", 24.0);
+    // Red, across the page, between the header and the smileys.
+    assert_eq!(
+        browser.style("#banner", "background-color"),
+        "rgb(229, 72, 77)"
+    );
+    let (_, top, width, _) = browser.rect("#banner");
+    let (_, header_top, _, header_height) = browser.rect("header");
+    let (_, faces_top, _, _) = browser.rect("#faces");
+    assert!(width > 1700.0, "{width}");
+    assert!(
+        top >= header_top + header_height && top < faces_top,
+        "{top}"
+    );
     browser.save_screenshot("alert-site-1920x1080");
     // A page loaded later fetches it from /api/v1/alerts; the terminal's tile is marked.
     open_live(&browser, &format!("{url}?view=terminals"), "Live");

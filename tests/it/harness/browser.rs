@@ -129,6 +129,34 @@ impl Browser {
         )
     }
 
+    /// The computed value of a CSS `property` of the first element matching `selector`.
+    pub fn style(&self, selector: &str, property: &str) -> String {
+        self.eval_with(
+            "const e = document.querySelector(arguments[0]); \
+             return e ? getComputedStyle(e).getPropertyValue(arguments[1]) : null",
+            json!([selector, property]),
+        )
+        .as_str()
+        .unwrap_or_else(|| panic!("no element {selector}"))
+        .to_string()
+    }
+
+    /// The bounding box (left, top, width, height in CSS px) of the first element matching
+    /// `selector`.
+    pub fn rect(&self, selector: &str) -> (f64, f64, f64, f64) {
+        let r = self.eval_with(
+            "const e = document.querySelector(arguments[0]); \
+             if (!e) return null; const r = e.getBoundingClientRect(); \
+             return [r.left, r.top, r.width, r.height]",
+            json!([selector]),
+        );
+        let n = |i: usize| {
+            r[i].as_f64()
+                .unwrap_or_else(|| panic!("no element {selector}"))
+        };
+        (n(0), n(1), n(2), n(3))
+    }
+
     /// Sizes the window so that the page's viewport (`innerWidth` × `innerHeight`) is exactly
     /// `width` × `height` CSS pixels, whatever the browser adds around it. Chromium applies a
     /// new window size asynchronously: the viewport is read until it holds still.
