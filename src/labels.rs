@@ -103,7 +103,8 @@ const TITLES: [&str; 8] = [
     "Millainen käyntisi oli tänään?",
 ];
 
-/// Every label: key, then the text in each language of [`Language::ALL`].
+/// Every label: key, then the text in each language of [`Language::ALL`]. Long compound words
+/// carry a soft hyphen (U+00AD) where the page may break them on a narrow screen.
 #[rustfmt::skip]
 pub const LABELS: &[(&str, [&str; 8])] = &[
     ("very-unhappy", ["Very unhappy", "Sehr unzufrieden", "Très mécontent", "Muy insatisfecho", "Molto insoddisfatto", "Zeer ontevreden", "Mycket missnöjd", "Erittäin tyytymätön"]),
@@ -117,7 +118,7 @@ pub const LABELS: &[(&str, [&str; 8])] = &[
     ("today", ["Today", "Heute", "Aujourd’hui", "Hoy", "Oggi", "Vandaag", "I dag", "Tänään"]),
     ("last-60m", ["Last 60 min", "Letzte 60 Min.", "60 dernières min", "Últimos 60 min", "Ultimi 60 min", "Laatste 60 min", "Senaste 60 min", "Viimeiset 60 min"]),
     ("last-15m", ["Last 15 min", "Letzte 15 Min.", "15 dernières min", "Últimos 15 min", "Ultimi 15 min", "Laatste 15 min", "Senaste 15 min", "Viimeiset 15 min"]),
-    ("happy-index", ["Happy index", "Zufriedenheitsindex", "Indice de satisfaction", "Índice de satisfacción", "Indice di soddisfazione", "Tevredenheidsindex", "Nöjdhetsindex", "Tyytyväisyysindeksi"]),
+    ("happy-index", ["Happy index", "Zufriedenheits\u{ad}index", "Indice de satisfaction", "Índice de satisfacción", "Indice di soddisfazione", "Tevredenheids\u{ad}index", "Nöjdhets\u{ad}index", "Tyytyväisyys\u{ad}indeksi"]),
     ("positive", ["Positive", "Positiv", "Positifs", "Positivos", "Positivi", "Positief", "Positiva", "Positiivisia"]),
     ("votes", ["Votes", "Stimmen", "Votes", "Votos", "Voti", "Stemmen", "Röster", "Ääniä"]),
     ("hours-today", ["Today", "Heute", "Aujourd’hui", "Hoy", "Oggi", "Vandaag", "I dag", "Tänään"]),

@@ -407,7 +407,7 @@ fn in_german_on_a_closed_day_the_board_shows_german_labels_site_time_and_the_pre
     assert_eq!(lang, "de");
     assert_eq!(browser.text("title"), "Wie war Ihr Besuch heute?");
     assert_eq!(browser.text("scope"), "Alle Terminals · Heute");
-    assert_eq!(browser.text("h-index"), "Zufriedenheitsindex");
+    assert_eq!(browser.text("h-index"), "Zufriedenheits\u{ad}index");
     assert_eq!(browser.text("h-votes"), "Stimmen");
     assert_eq!(browser.text("r-60"), "Letzte 60 Min.");
     assert_eq!(browser.text("legend-ghost"), "Gleicher Tag letzte Woche");
@@ -453,7 +453,7 @@ fn in_german_on_a_closed_day_the_board_shows_german_labels_site_time_and_the_pre
         .eval("return document.querySelector('.tile .t-sub').textContent")
         .as_str()
         .unwrap_or("")
-        .starts_with("Zufriedenheitsindex"));
+        .starts_with("Zufriedenheits\u{ad}index"));
 }
 
 #[test]

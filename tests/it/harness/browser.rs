@@ -257,8 +257,8 @@ impl Browser {
 pub struct Layout {
     /// `innerWidth` × `innerHeight`.
     pub viewport: (f64, f64),
-    /// Visible elements (and the document itself) reaching outside the viewport or cut off by
-    /// an ancestor that hides its overflow, described.
+    /// Visible elements (and the document itself) reaching outside the viewport, cut off by an
+    /// ancestor that hides its overflow, or with text wider than their box, described.
     pub outside: Vec<String>,
     /// The smallest computed font size of an element with visible text of its own.
     pub min_font_px: f64,
@@ -317,6 +317,10 @@ for (const e of document.body.querySelectorAll("*")) {
     if (size < minFont) { minFont = size; minFontElement = describe(e); }
     if (style.overflow !== "visible" && (e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)) {
       clipped.push(describe(e));
+    }
+    // Text wider than its box runs into its neighbours (an inline box is as wide as its text).
+    if (style.overflow === "visible" && style.display !== "inline" && e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+      outside.push(describe(e) + " is " + e.scrollWidth + " px wide in a box of " + e.clientWidth);
     }
   }
 }
