@@ -39,7 +39,8 @@
 //! ## Dependency rule
 //! Checked by `tests/it/architecture.rs`, which scans `src/`:
 //! - sled is imported only in `journal/store.rs`, tokio-serial only in `sources/serial/port.rs`,
-//!   rumqttc and rustls only in `uplink/mqtt.rs`, axum and hyper only in `display/`;
+//!   rumqttc only in `uplink/mqtt.rs`, rustls only there and in `uplink/files.rs` (which checks the
+//!   key files offline, with x509-parser, imported nowhere else), axum and hyper only in `display/`;
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `journal/filter.rs`, `journal/block.rs`,

@@ -3,50 +3,16 @@
 //! `{"terminal":"entrance","term_seq":12,"button":3}`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 
+pub use super::args::SimulateArgs;
 use super::UsageError;
 use crate::logging;
 use crate::sources::serial::emulator::{self, Answered, Simulation};
 use crate::sources::serial::frame::MAX_BUS_ADDRESS;
-
-/// The command's options.
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
-    /// The serial port the simulated terminals are attached to.
-    #[arg(long, value_name = "PATH")]
-    pub serial: PathBuf,
-    /// Line speed (8N1).
-    #[arg(long, default_value_t = 115_200)]
-    pub baud: u32,
-    /// A terminal to play: `LABEL` for one point-to-point terminal, or `LABEL@ADDRESS` (repeat
-    /// for each) for terminals on an RS-485 bus. Default: one point-to-point terminal `sim`.
-    #[arg(long = "terminal", value_name = "LABEL[@ADDRESS]")]
-    pub terminals: Vec<String>,
-    /// Random presses per minute, per terminal.
-    #[arg(long, value_name = "N")]
-    pub rate: Option<f64>,
-    /// Read presses from stdin, one `BUTTON` or `LABEL BUTTON` per line (any number 0–255, so
-    /// invalid buttons can be tried).
-    #[arg(long)]
-    pub stdin: bool,
-    /// Stop after this many votes were answered.
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-    /// The first term_seq of each terminal (a real terminal continues from its flash).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub first_term_seq: u32,
-    /// Point-to-point retransmission interval (the protocol says 1000).
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    pub retransmit_ms: u64,
-    /// Point-to-point status interval (the protocol says 60).
-    #[arg(long, default_value_t = 60, value_name = "S")]
-    pub status_interval_s: u64,
-}
 
 /// Runs the simulation.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -17,22 +17,58 @@ use crate::tallies::{Counts, TalliesSnapshot};
 use crate::uplink::Connection;
 
 /// Where the daemon listens by default (config key `listen`).
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+pub use super::args::DEFAULT_URL;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Prints the status of the daemon at `url`.
-pub fn status(url: &str) -> anyhow::Result<ExitCode> {
+/// What `status --json` prints: one object with the daemon's own documents.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusReport<'a> {
+    /// `ok` when the daemon is healthy, `fail` otherwise (as the exit code).
+    pub result: &'static str,
+    /// `GET /api/v1/status`: health and its reasons, journal, uplink, terminals.
+    pub status: &'a StatusSnapshot,
+    /// `GET /api/v1/tallies`: today's counts and scores.
+    pub tallies: &'a TalliesSnapshot,
+}
+
+/// Prints the status of the daemon at `url`, for a terminal window or (`json`) as one JSON
+/// object.
+pub fn status(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let host = parse_url(url)?;
     let status: StatusSnapshot = serde_json::from_str(&get(&host, "/api/v1/status")?.1)
         .context("the daemon's status does not read as this version's status document")?;
     let tallies: TalliesSnapshot = serde_json::from_str(&get(&host, "/api/v1/tallies")?.1)
         .context("the daemon's tallies do not read as this version's tallies document")?;
-    print!("{}", render(&status, &tallies));
+    if json {
+        let report = StatusReport {
+            result: if status.healthy { "ok" } else { "fail" },
+            status: &status,
+            tallies: &tallies,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render(&status, &tallies));
+    }
     Ok(if status.healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// The version of the votegate answering on `addr` (`listen`), if one does: `check` uses it to
+/// tell the running daemon from another program holding the address.
+pub fn daemon_version(addr: std::net::SocketAddr) -> Option<String> {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let (_, body) = get(&addr.to_string(), "/api/v1/status").ok()?;
+    let status: StatusSnapshot = serde_json::from_str(&body).ok()?;
+    Some(status.version)
 }
 
 /// `host:port` of an `http://host:port` URL.

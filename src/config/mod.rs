@@ -268,7 +268,8 @@ impl Document<'_> {
 
     /// Rewrites a TOML/serde error so that it names the key path and line.
     fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
-        let message = err.message();
+        let plain = plain_type_error(err.message());
+        let message = plain.as_deref().unwrap_or(err.message());
         let Some(span) = err.span() else {
             return self.error(None, message.to_string());
         };
@@ -617,6 +618,41 @@ impl Document<'_> {
     }
 }
 
+/// serde's "invalid type: string \"x\", expected f64" in words an installer knows: "expected a
+/// number, found the text \"x\"". `None` when the message is not about a value's type.
+fn plain_type_error(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (found, expected) = rest.split_once(", expected ")?;
+    let expected = match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            "a whole number"
+        }
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a borrowed string" => "text in quotes",
+        "a sequence" => "a list in square brackets",
+        "a map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        other => other,
+    };
+    let found = match found.split_once(' ') {
+        Some(("string", text)) => format!("the text {text}"),
+        Some(("integer" | "boolean", value)) => value.trim_matches('`').to_string(),
+        Some(("floating", value)) => value
+            .trim_start_matches("point ")
+            .trim_matches('`')
+            .to_string(),
+        _ => match found {
+            "sequence" => "a list".to_string(),
+            "map" => "a table".to_string(),
+            other => other.to_string(),
+        },
+    };
+    Some(format!("expected {expected}, found {found}"))
+}
+
 /// 1-based line number of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -798,7 +834,59 @@ presses-per-minute = 6
         let text = MINIMAL.replace("presses-per-minute = 6", "presses-per-minute = \"fast\"");
         assert_eq!(
             error(&text),
-            "/etc/votegate/votegate.toml, line 9: key `terminal.presses-per-minute`: invalid type: string \"fast\", expected f64"
+            "/etc/votegate/votegate.toml, line 9: key `terminal.presses-per-minute`: expected a number, found the text \"fast\""
+        );
+    }
+
+    #[test]
+    fn type_errors_name_no_rust_type() {
+        for (serde, plain) in [
+            (
+                "invalid type: string \"8883\", expected i64",
+                "expected a whole number, found the text \"8883\"",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u64",
+                "expected a whole number, found 1.5",
+            ),
+            (
+                "invalid type: integer `5`, expected f64",
+                "expected a number, found 5",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "expected true or false, found the text \"yes\"",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "expected text in quotes, found 5",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "expected a list in square brackets, found a table",
+            ),
+        ] {
+            assert_eq!(plain_type_error(serde).as_deref(), Some(plain), "{serde}");
+        }
+        assert_eq!(plain_type_error("duplicate key"), None);
+    }
+
+    #[test]
+    fn plaintext_credentials_go_only_to_this_machine_or_where_allowed() {
+        let uplink = |host: &str, extra: &str| {
+            MINIMAL.replace(
+                "[[terminal]]",
+                &format!("[uplink]\nhost = \"{host}\"\ntls = false\nusername = \"u\"\npassword-file = \"/p\"\n{extra}\n[[terminal]]"),
+            )
+        };
+        assert!(load(&uplink("127.0.0.1", "")).is_ok());
+        assert!(load(&uplink(
+            "mqtt.example.com",
+            "allow-plaintext-credentials = true"
+        ))
+        .is_ok());
+        assert!(
+            error(&uplink("mqtt.example.com", "")).contains("in clear text to mqtt.example.com")
         );
     }
 

@@ -3,7 +3,9 @@
 //! name their line. Nothing here decides what a value means: see `super::validate`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -62,6 +64,7 @@ pub(super) struct RawUplink {
     pub host: Spanned<String>,
     pub port: Option<Spanned<i64>>,
     pub tls: Option<Spanned<bool>>,
+    pub allow_plaintext_credentials: Option<Spanned<bool>>,
     pub ca_file: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
@@ -110,11 +113,34 @@ pub(super) struct RawOpeningHours {
 }
 
 /// One day's opening hours as written.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum Hours {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error names the Rust type.
+impl<'de> Deserialize<'de> for Hours {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Hours, D::Error> {
+        struct HoursVisitor;
+        impl<'de> Visitor<'de> for HoursVisitor {
+            type Value = Hours;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("hours like \"08:00-20:00\", a list of such, or \"closed\"")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Hours, E> {
+                Ok(Hours::One(text.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Hours, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(range) = seq.next_element()? {
+                    ranges.push(range);
+                }
+                Ok(Hours::Many(ranges))
+            }
+        }
+        deserializer.deserialize_any(HoursVisitor)
+    }
 }
 
 /// One `[[serial-port]]` table: settings of a port that terminals name with `port`.
@@ -164,9 +190,33 @@ pub(super) struct RawTerminal {
 }
 
 /// A size written either as a number of bytes or as text with a unit.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum SizeValue {
     Bytes(u64),
     Text(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error names the Rust type.
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SizeValue, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like \"16 MiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, bytes: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(bytes))
+            }
+            fn visit_i64<E: de::Error>(self, bytes: i64) -> Result<SizeValue, E> {
+                u64::try_from(bytes)
+                    .map(SizeValue::Bytes)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(bytes), &self))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(text.to_string()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
 }

@@ -5,7 +5,7 @@
 //! table sets `mode = "bus"`, the baud rate and the timing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -63,9 +63,26 @@ impl Document<'_> {
             None => 0,
         };
         Ok(SourceConfig::Serial {
-            port: self.resolve_path(port.get_ref()),
+            port: self.device_path("terminal.port", port)?,
             address,
         })
+    }
+
+    /// A serial device's path, which must be absolute: a device never lives beside the config
+    /// file, and `run` would otherwise wait forever for a port that cannot appear.
+    fn device_path(&self, key: &str, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+        let path = Path::new(value.get_ref());
+        if !path.is_absolute() {
+            return Err(self.invalid(
+                key,
+                value,
+                format!(
+                    "{:?} is a relative path; write the device's full path, like \"/dev/serial/by-id/usb-…\" or \"/dev/ttyUSB0\"",
+                    value.get_ref()
+                ),
+            ));
+        }
+        Ok(path.to_path_buf())
     }
 
     pub(super) fn serial_ports(
@@ -77,7 +94,7 @@ impl Document<'_> {
         let mut settings: HashMap<PathBuf, PortSettings> = HashMap::new();
         for table in tables {
             let table = table.get_ref();
-            let path = self.resolve_path(table.path.get_ref());
+            let path = self.device_path("serial-port.path", &table.path)?;
             if settings.contains_key(&path) {
                 return Err(self.invalid(
                     "serial-port.path",
@@ -109,7 +126,7 @@ impl Document<'_> {
         }
 
         for table in tables {
-            let path = self.resolve_path(table.get_ref().path.get_ref());
+            let path = self.device_path("serial-port.path", &table.get_ref().path)?;
             if !port_index.contains_key(&path) {
                 return Err(self.invalid(
                     "serial-port.path",

@@ -1,6 +1,6 @@
 //! Validation of `[uplink]`. Key files (CA, client certificate, password) are not read here: the
 //! uplink reads them when it connects and reports a missing one plainly, and `votegate check`
-//! names it, so a config can be prepared before its files are in place.
+//! checks them (`uplink::files`), so a config can be prepared before its files are in place.
 
 use std::time::Duration;
 
@@ -16,6 +16,16 @@ const DEFAULT_MAX_PAYLOAD: usize = 128 * 1024;
 /// The most a batch may be (mosquitto's default message size limit is 256 MiB; brokers in the
 /// cloud allow far less).
 const MAX_PAYLOAD_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Whether `host` is this machine (a loopback address or `localhost`), where clear text never
+/// leaves it.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 impl Document<'_> {
     pub(super) fn uplink(
@@ -52,8 +62,16 @@ impl Document<'_> {
                     ));
                 }
             }
+            self.plaintext_credentials(raw, host)?;
             None
         };
+        if let (Some(allow), true) = (&raw.allow_plaintext_credentials, tls_on) {
+            return Err(self.invalid(
+                "uplink.allow-plaintext-credentials",
+                allow,
+                "is only used with `tls = false`",
+            ));
+        }
         let port = match &raw.port {
             Some(port) => u16::try_from(*port.get_ref())
                 .ok()
@@ -212,6 +230,30 @@ impl Document<'_> {
         })
     }
 
+    /// Refuses to send a password in clear text over a network, unless the config says the
+    /// network is trusted (`allow-plaintext-credentials = true`).
+    fn plaintext_credentials(&self, raw: &RawUplink, host: &str) -> Result<(), ConfigError> {
+        let allowed = raw
+            .allow_plaintext_credentials
+            .as_ref()
+            .is_some_and(|allow| *allow.get_ref());
+        let (Some(tls), Some(_)) = (&raw.tls, &raw.password_file) else {
+            return Ok(());
+        };
+        if allowed || is_loopback(host) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            "uplink.tls",
+            tls,
+            format!(
+                "false would send the password of `uplink.username` in clear text to {host}; \
+                 remove `tls = false`, or set `allow-plaintext-credentials = true` if every network \
+                 between here and the broker is trusted"
+            ),
+        ))
+    }
+
     fn tls(&self, raw: &RawUplink) -> Result<TlsSettings, ConfigError> {
         let ca = match &raw.ca_file {
             Some(path) => CaSource::File(self.resolve_path(path.get_ref())),
@@ -297,5 +339,32 @@ impl Document<'_> {
             ));
         }
         Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "mqtt.example.com",
+            "10.0.0.1",
+            "::2",
+            "localhost.example.com",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }

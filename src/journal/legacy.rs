@@ -10,6 +10,7 @@ use std::path::Path;
 use super::block::{self, VoteStream};
 use super::counts::Counts;
 use super::dedup::{DedupWindow, DEDUP_WINDOW};
+use super::drops::DropRanges;
 use super::record::{self, v1, Meta, RecordError};
 use super::segments::Segments;
 use super::store::{Store, StoreError};
@@ -76,8 +77,11 @@ pub(super) fn convert(dir: &Path, number: u64, limits: &Limits) -> Result<(), Jo
         dropped: meta.dropped,
     };
     let tail = VoteStream::new();
+    // Format 1 did not keep which seqs it dropped: nothing to report.
+    let drops = DropRanges::new();
     let snapshot = Snapshot {
         meta: new_meta,
+        drops: &drops,
         tail: &tail,
         dedup: dedup.all_records(),
         counts: counts.all_records(next_seq),

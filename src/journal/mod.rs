@@ -45,6 +45,7 @@
 //! | --- | --- |
 //! | `m` | [`record::Meta`]: epoch, next seq, tail's first seq, head, dropped |
 //! | `t` | the tail: a block value ([`block`]) of the votes after the last sealed block |
+//! | `r` | the seq ranges dropped and not yet reported to the cloud ([`drops`]); absent when none |
 //! | `w` + id length + terminal id + chunk (u32 BE) | a chunk of a terminal's duplicate window ([`dedup`]) |
 //! | `h` + UTC hour (u32 BE) + id length + terminal id | an hour's counts per minute ([`counts`]) |
 //! | `q` + UTC day (u32 BE) + id length + terminal id | one day's quarter-hour counts ([`counts`]) |
@@ -63,6 +64,7 @@ pub mod block;
 mod codec;
 pub mod counts;
 pub mod dedup;
+pub mod drops;
 pub mod filter;
 pub mod layout;
 mod legacy;
@@ -79,6 +81,7 @@ use crate::model::{Press, Seq, TerminalId, Vote};
 use block::VoteStream;
 use counts::{CountChange, Counts};
 use dedup::{ChunkChange, DedupWindow, DEDUP_WINDOW};
+use drops::DropRanges;
 use filter::{Counted, PressFilter};
 use record::{Meta, MinuteTally, RecordError};
 use segments::{Location, Segments};
@@ -381,14 +384,17 @@ struct OpenJournal {
     /// The meta record as the last checkpoint stored it (its `next_seq` and `tail_first` are
     /// what the log continues from).
     checkpoint: Meta,
-    /// `head` and `dropped` as last made durable.
-    durable: (Seq, u64),
+    /// `head`, `dropped` and the version of `drops` as last made durable.
+    durable: (Seq, u64, u64),
     /// The seq after the last durable vote (in the log or a checkpoint).
     logged: Seq,
     /// The votes accepted since then, for the next log record.
     unlogged: Vec<Vote>,
     blocks: BTreeMap<Seq, BlockInfo>,
     tail: Tail,
+    /// Dropped seqs not yet reported to the cloud, and how often they changed.
+    drops: DropRanges,
+    drops_version: u64,
     dedup: DedupWindow,
     counts: Counts,
     /// Charged bytes of the buffered votes.
@@ -495,6 +501,23 @@ impl Journal {
     pub fn ack_through(&mut self, through: Seq) -> Result<u64, JournalError> {
         let limits = self.limits;
         self.with_store(|open, dir| open.ack_through(through, dir, &limits))
+    }
+
+    /// The seqs dropped to make room (`drop-oldest`) that no acknowledged batch has reported
+    /// yet, as inclusive ranges, oldest first.
+    pub fn unreported_drops(&mut self) -> Result<Vec<(Seq, Seq)>, JournalError> {
+        self.with_store(|open, _| Ok(open.drops.ranges()))
+    }
+
+    /// A batch reporting the dropped ranges up to `through` was acknowledged: they are
+    /// forgotten (durably with the next write, as acknowledgements are).
+    pub fn forget_drops_through(&mut self, through: Seq) -> Result<(), JournalError> {
+        self.with_store(|open, _| {
+            if open.drops.forget_through(through) {
+                open.drops_version += 1;
+            }
+            Ok(())
+        })
     }
 
     /// Makes acknowledgements durable.
@@ -614,6 +637,7 @@ impl Drop for Journal {
 /// A generation's records as written into a fresh store: by compaction and by conversion.
 struct Snapshot<'a> {
     meta: Meta,
+    drops: &'a DropRanges,
     tail: &'a VoteStream,
     dedup: Vec<ChunkChange>,
     counts: Vec<CountChange>,
@@ -633,6 +657,12 @@ impl OpenJournal {
                     RecordError::Corrupt(format!("missing in {}", gen_dir.display())),
                 ))
             }
+        };
+        let drops = match store.get(record::DROPS_KEY).map_err(|e| storage(dir, e))? {
+            Some(bytes) => {
+                DropRanges::decode(&bytes).map_err(|cause| corrupt(dir, "dropped ranges", cause))?
+            }
+            None => DropRanges::new(),
         };
         let (wal, log) = match Wal::open(&gen_dir) {
             Ok(opened) => opened,
@@ -657,11 +687,13 @@ impl OpenJournal {
             wal,
             meta,
             checkpoint: meta,
-            durable: (meta.head, meta.dropped),
+            durable: (meta.head, meta.dropped, 0),
             logged: meta.next_seq,
             unlogged: Vec::new(),
             blocks: BTreeMap::new(),
             tail: Tail::default(),
+            drops,
+            drops_version: 0,
             dedup: DedupWindow::new(DEDUP_WINDOW),
             counts: Counts::new(),
             charged: 0,
@@ -784,6 +816,9 @@ impl OpenJournal {
             }
             self.meta.head = self.meta.head.max(record.head);
             self.meta.dropped = self.meta.dropped.max(record.dropped);
+            if let Some(drops) = record.drops {
+                self.drops = drops;
+            }
         }
         if self.meta.head > self.meta.next_seq {
             log::warn!(
@@ -795,7 +830,7 @@ impl OpenJournal {
         }
         self.wal.resume(end, replayed);
         self.logged = self.meta.next_seq;
-        self.durable = (self.meta.head, self.meta.dropped);
+        self.durable = self.durable_key();
     }
 
     fn dedup_remember(&mut self, vote: &Vote) {
@@ -914,6 +949,8 @@ impl OpenJournal {
                 return;
             }
             self.meta.dropped += end - head.max(first);
+            self.drops.add(head.max(first), end - 1);
+            self.drops_version += 1;
             self.meta.head = end;
             self.charged -= info.charge();
             self.oldest = None;
@@ -925,8 +962,7 @@ impl OpenJournal {
         if self.oldest.is_none() && self.meta.head < self.meta.next_seq {
             self.refresh_oldest(dir)?;
         }
-        let changed =
-            !self.unlogged.is_empty() || self.durable != (self.meta.head, self.meta.dropped);
+        let changed = !self.unlogged.is_empty() || self.durable != self.durable_key();
         if !changed {
             return Ok(());
         }
@@ -939,7 +975,7 @@ impl OpenJournal {
             .map_err(|e| storage(dir, e.into()))?;
         self.logged = self.meta.next_seq;
         self.unlogged.clear();
-        self.durable = (self.meta.head, self.meta.dropped);
+        self.durable = self.durable_key();
         step(limits, Step::LogRecordWritten);
         Ok(())
     }
@@ -957,6 +993,7 @@ impl OpenJournal {
             self.meta.head,
             self.meta.dropped,
             &stream,
+            &self.drops,
         )
     }
 
@@ -981,6 +1018,7 @@ impl OpenJournal {
             record::TAIL_KEY.to_vec(),
             block::encode_block(&self.tail.stream),
         ));
+        writes.push(drops_write(&self.drops));
         writes.push(Write::Put(record::META_KEY.to_vec(), meta.encode()));
         self.write_batches(writes, limits, dir)?;
         self.store.make_durable().map_err(|e| storage(dir, e))?;
@@ -989,7 +1027,7 @@ impl OpenJournal {
         self.wal.restart();
         self.logged = self.meta.next_seq;
         self.unlogged.clear();
-        self.durable = (self.meta.head, self.meta.dropped);
+        self.durable = self.durable_key();
         self.checkpoints += 1;
         step(limits, Step::CheckpointWritten);
         self.remove_dead_segments(dir)?;
@@ -1088,13 +1126,18 @@ impl OpenJournal {
         Ok(acked)
     }
 
+    /// `head`, `dropped` and the version of the dropped ranges now: what a durable write saves.
+    fn durable_key(&self) -> (Seq, u64, u64) {
+        (self.meta.head, self.meta.dropped, self.drops_version)
+    }
+
     /// Whether acknowledgements or drops wait to be made durable.
     fn needs_sync(&self) -> bool {
-        self.durable != (self.meta.head, self.meta.dropped)
+        self.durable != self.durable_key()
     }
 
     fn sync(&mut self, dir: &Path, limits: &Limits) -> Result<(), JournalError> {
-        if self.durable != (self.meta.head, self.meta.dropped) {
+        if self.durable != self.durable_key() {
             self.commit(dir, limits)?;
             self.release_dead_blocks();
             self.remove_dead_segments(dir)?;
@@ -1225,6 +1268,7 @@ impl OpenJournal {
         };
         let snapshot = Snapshot {
             meta,
+            drops: &self.drops,
             tail: &self.tail.stream,
             dedup: self.dedup.all_records(),
             counts: self.counts.all_records(self.meta.next_seq),
@@ -1252,7 +1296,7 @@ impl OpenJournal {
         self.meta.epoch = 0;
         self.logged = self.meta.next_seq;
         self.unlogged.clear();
-        self.durable = (self.meta.head, self.meta.dropped);
+        self.durable = self.durable_key();
         self.dedup.mark_saved();
         self.counts.mark_saved();
         self.checkpoints = 0;
@@ -1269,6 +1313,15 @@ impl OpenJournal {
             self.meta.next_seq - self.meta.head
         );
         Ok(())
+    }
+}
+
+/// The write that stores the unreported dropped ranges (or removes the record when none).
+fn drops_write(drops: &DropRanges) -> Write {
+    if drops.is_empty() {
+        Write::Delete(record::DROPS_KEY.to_vec())
+    } else {
+        Write::Put(record::DROPS_KEY.to_vec(), drops.encode())
     }
 }
 
@@ -1334,6 +1387,7 @@ fn write_generation(
                 record::TAIL_KEY.to_vec(),
                 block::encode_block(snapshot.tail),
             ),
+            drops_write(snapshot.drops),
             Write::Put(record::META_KEY.to_vec(), snapshot.meta.encode()),
         ]);
     for write in writes {
@@ -1385,8 +1439,10 @@ fn open_layout(dir: &Path, limits: &Limits) -> Result<u64, JournalError> {
                 legacy::convert(dir, number, limits)?;
             } else {
                 let tail = VoteStream::new();
+                let drops = DropRanges::new();
                 let snapshot = Snapshot {
                     meta: Meta::new(),
+                    drops: &drops,
                     tail: &tail,
                     dedup: Vec::new(),
                     counts: Vec::new(),

@@ -14,6 +14,8 @@ use crate::model::{BootId, Button, Seq, TermSeq, TerminalId, Vote};
 pub const TAIL_KEY: &[u8] = b"t";
 /// The single metadata key.
 pub const META_KEY: &[u8] = b"m";
+/// The dropped seq ranges not yet reported ([`super::drops::DropRanges`]); absent when none.
+pub const DROPS_KEY: &[u8] = b"r";
 /// Prefix of duplicate-window chunk keys: `w` + id length (u8) + terminal id + chunk (u32 BE).
 pub const CHUNK_PREFIX: u8 = b'w';
 

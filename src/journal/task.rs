@@ -45,6 +45,13 @@ enum Request {
         max: usize,
         reply: oneshot::Sender<Result<Vec<Vote>, JournalError>>,
     },
+    UnreportedDrops {
+        reply: oneshot::Sender<Result<Vec<(Seq, Seq)>, JournalError>>,
+    },
+    ForgetDrops {
+        through: Seq,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
     CountsForTallies {
         quarters_from_minute: u32,
         reply: oneshot::Sender<Result<CountsForTallies, JournalError>>,
@@ -76,6 +83,20 @@ impl JournalHandle {
     pub async fn ack_through(&self, through: Seq) -> Result<u64, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Ack { through, reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// The dropped seq ranges not yet reported (see [`Journal::unreported_drops`]).
+    pub async fn unreported_drops(&self) -> Result<Vec<(Seq, Seq)>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::UnreportedDrops { reply })?;
+        answer.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Forgets the dropped ranges up to `through` (see [`Journal::forget_drops_through`]).
+    pub async fn forget_drops_through(&self, through: Seq) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ForgetDrops { through, reply })?;
         answer.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -289,6 +310,12 @@ impl Committer {
                 }
                 Request::Read { after, max, reply } => {
                     let _ = reply.send(self.journal.read_after(after, max));
+                }
+                Request::UnreportedDrops { reply } => {
+                    let _ = reply.send(self.journal.unreported_drops());
+                }
+                Request::ForgetDrops { through, reply } => {
+                    let _ = reply.send(self.journal.forget_drops_through(through));
                 }
                 Request::CountsForTallies {
                     quarters_from_minute,

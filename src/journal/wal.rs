@@ -13,7 +13,9 @@
 //!
 //! # Records
 //! `[len: u32 LE][crc32 of body: u32 LE][body]`, body = format byte, then varints: epoch, record
-//! number, first seq, head, dropped, vote count, then the votes as a [`VoteStream`]. Records of
+//! number, first seq, head, dropped, vote count, then the votes as a [`VoteStream`], then (format
+//! 2) the dropped ranges not yet reported, complete (format 1, written before them, has none and
+//! leaves them as they were). Records of
 //! one epoch follow each other from offset 0, numbered from 0; a record that does not fit in the
 //! rest of its page (and fits in a page) starts at the next page, so a small commit writes one
 //! page. Replay reads records while each has a valid checksum, the current epoch, the next
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use super::block::{decode_stream, VoteStream, MAX_STREAM_VOTES};
 use super::codec::{put_varint, Reader};
+use super::drops::DropRanges;
 use super::record::RecordError;
 use crate::model::{Seq, Vote};
 
@@ -35,6 +38,7 @@ pub const WAL_FILE: &str = "wal";
 const PAGE: usize = 4096;
 const FRAME: usize = 8;
 const RECORD_FORMAT_V1: u8 = 1;
+const RECORD_FORMAT_V2: u8 = 2;
 
 /// A failure of the log's file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +75,8 @@ pub struct WalRecord {
     pub dropped: u64,
     /// The votes it accepted.
     pub votes: Vec<Vote>,
+    /// The dropped ranges not yet reported after the commit (`None` in a format-1 record).
+    pub drops: Option<DropRanges>,
 }
 
 /// Encodes a record, framed.
@@ -81,9 +87,10 @@ pub fn encode_record(
     head: Seq,
     dropped: u64,
     votes: &VoteStream,
+    drops: &DropRanges,
 ) -> Vec<u8> {
     let mut body = Vec::with_capacity(votes.len() + 48);
-    body.push(RECORD_FORMAT_V1);
+    body.push(RECORD_FORMAT_V2);
     for value in [
         epoch,
         number,
@@ -95,6 +102,7 @@ pub fn encode_record(
         put_varint(&mut body, value);
     }
     body.extend_from_slice(votes.bytes());
+    drops.encode_into(&mut body);
     let mut framed = Vec::with_capacity(FRAME + body.len());
     framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
     framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -104,9 +112,9 @@ pub fn encode_record(
 
 fn decode_body(body: &[u8]) -> Result<WalRecord, RecordError> {
     let mut reader = Reader::new(body);
-    match reader.byte()? {
-        RECORD_FORMAT_V1 => {}
-        version => return Err(RecordError::UnknownVersion(version)),
+    let version = reader.byte()?;
+    if ![RECORD_FORMAT_V1, RECORD_FORMAT_V2].contains(&version) {
+        return Err(RecordError::UnknownVersion(version));
     }
     let epoch = reader.varint()?;
     let number = reader.varint()?;
@@ -115,6 +123,11 @@ fn decode_body(body: &[u8]) -> Result<WalRecord, RecordError> {
     let dropped = reader.varint()?;
     let count = reader.count(MAX_STREAM_VOTES)?;
     let votes = decode_stream(first_seq, count, &mut reader)?;
+    let drops = if version == RECORD_FORMAT_V2 {
+        Some(DropRanges::decode_from(&mut reader)?)
+    } else {
+        None
+    };
     if !reader.is_empty() {
         return Err(RecordError::Corrupt("bytes after a log record".into()));
     }
@@ -125,6 +138,7 @@ fn decode_body(body: &[u8]) -> Result<WalRecord, RecordError> {
         head,
         dropped,
         votes,
+        drops,
     })
 }
 
@@ -344,7 +358,15 @@ mod tests {
         let mut log = vec![0u8; 64 * 1024];
         let (mut end, mut seq) = (0, first);
         for (number, count) in counts.iter().enumerate() {
-            let record = encode_record(epoch, number as u64, seq, 1, 0, &votes(seq, *count));
+            let record = encode_record(
+                epoch,
+                number as u64,
+                seq,
+                1,
+                0,
+                &votes(seq, *count),
+                &DropRanges::new(),
+            );
             let at = placement(end, record.len());
             log[at..at + record.len()].copy_from_slice(&record);
             end = at + record.len();
@@ -370,6 +392,7 @@ mod tests {
                 1,
                 0,
                 &votes(record.first_seq, record.votes.len() as u64),
+                &DropRanges::new(),
             )
             .len();
             at = placement(at, len);
@@ -391,7 +414,8 @@ mod tests {
         // A torn second record: the first is still replayed.
         let mut torn = log.clone();
         let (first, _) = record_at(&log, 0).expect("first record");
-        let second_at = placement(0, 0) + encode_record(4, 0, 100, 1, 0, &votes(100, 3)).len();
+        let second_at = placement(0, 0)
+            + encode_record(4, 0, 100, 1, 0, &votes(100, 3), &DropRanges::new()).len();
         torn[second_at + 12] ^= 0xff;
         let (records, end) = replay(&torn, 4, 100);
         assert_eq!(records, vec![first]);
@@ -404,19 +428,40 @@ mod tests {
     }
 
     #[test]
+    fn dropped_ranges_ride_along_and_a_format_1_record_leaves_them_alone() {
+        let mut drops = DropRanges::new();
+        drops.add(3, 9);
+        let record = encode_record(2, 0, 10, 10, 7, &votes(10, 2), &drops);
+        let (decoded, _) = record_at(&record, 0).expect("a record");
+        assert_eq!(decoded.drops, Some(drops));
+        // Format 1 (written before the ranges): the same body without them.
+        let mut body = vec![RECORD_FORMAT_V1];
+        for value in [2, 0, 10, 10, 7, 2] {
+            put_varint(&mut body, value);
+        }
+        body.extend_from_slice(votes(10, 2).bytes());
+        let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        framed.extend_from_slice(&body);
+        let (old, _) = record_at(&framed, 0).expect("a format-1 record");
+        assert_eq!(old.drops, None);
+        assert_eq!(old.votes, decoded.votes);
+    }
+
+    #[test]
     fn the_file_keeps_records_across_reopen_and_reports_a_full_log() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut wal = Wal::create(dir.path(), 3 * PAGE).expect("create");
-        let record = encode_record(1, 0, 10, 1, 0, &votes(10, 5));
+        let record = encode_record(1, 0, 10, 1, 0, &votes(10, 5), &DropRanges::new());
         wal.append(&record).expect("append");
-        let second = encode_record(1, 1, 15, 1, 0, &votes(15, 2));
+        let second = encode_record(1, 1, 15, 1, 0, &votes(15, 2), &DropRanges::new());
         wal.append(&second).expect("append");
         let (mut reopened, content) = Wal::open(dir.path()).expect("open");
         assert_eq!(content.len(), 3 * PAGE);
         let (records, end) = replay(&content, 1, 10);
         assert_eq!(records.len(), 2);
         reopened.resume(end, 2);
-        let big = encode_record(1, 2, 17, 1, 0, &votes(17, 4000));
+        let big = encode_record(1, 2, 17, 1, 0, &votes(17, 4000), &DropRanges::new());
         assert!(!reopened.has_room(big.len()));
         assert!(reopened.append(&big).is_err());
     }

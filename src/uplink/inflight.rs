@@ -20,6 +20,8 @@ pub enum Tag {
         after: Seq,
         /// Its last seq.
         last: Seq,
+        /// The last dropped seq it reports, if it reports any.
+        drops_through: Option<Seq>,
     },
     /// Message `n` of the alerts' outbox.
     Alert(u64),
@@ -36,6 +38,8 @@ pub struct InFlight {
     by_pkid: HashMap<u16, Seq>,
     /// Packet id → the alert message's number.
     alerts_by_pkid: HashMap<u16, u64>,
+    /// Packet id → the last dropped seq the batch reports.
+    drops_by_pkid: HashMap<u16, Seq>,
     /// `after` → (`last`, acknowledged), for batches not yet under the frontier.
     chain: BTreeMap<Seq, (Seq, bool)>,
     /// Every vote up to here is acknowledged.
@@ -72,7 +76,7 @@ impl InFlight {
 
     /// A publish was handed to the client.
     pub fn requested(&mut self, tag: Tag) {
-        if let Tag::Batch { after, last } = tag {
+        if let Tag::Batch { after, last, .. } = tag {
             self.chain.insert(after, (last, false));
             self.unacked_batches += 1;
         }
@@ -89,14 +93,26 @@ impl InFlight {
     /// rumqttc wrote the next requested publish with packet id `pkid` (0 for QoS 0).
     pub fn written(&mut self, pkid: u16) {
         match self.requested.pop_front() {
-            Some(Tag::Batch { after, .. }) => {
+            Some(Tag::Batch {
+                after,
+                drops_through,
+                ..
+            }) => {
                 self.by_pkid.insert(pkid, after);
+                if let Some(through) = drops_through {
+                    self.drops_by_pkid.insert(pkid, through);
+                }
             }
             Some(Tag::Alert(number)) => {
                 self.alerts_by_pkid.insert(pkid, number);
             }
             Some(Tag::Other) | None => {}
         }
+    }
+
+    /// The broker acknowledged `pkid`: the last dropped seq its batch reported, if any.
+    pub fn acked_drops(&mut self, pkid: u16) -> Option<Seq> {
+        self.drops_by_pkid.remove(&pkid)
     }
 
     /// The broker acknowledged `pkid`: the alert message it carried, if it was one.
@@ -136,11 +152,13 @@ mod tests {
         inflight.requested(Tag::Batch {
             after: 10,
             last: 20,
+            drops_through: None,
         });
         inflight.requested(Tag::Other);
         inflight.requested(Tag::Batch {
             after: 20,
             last: 25,
+            drops_through: None,
         });
         inflight.written(1);
         inflight.written(0);
@@ -158,6 +176,7 @@ mod tests {
         inflight.requested(Tag::Batch {
             after: 10,
             last: 20,
+            drops_through: None,
         });
         inflight.requested(Tag::Alert(4));
         inflight.written(5);
@@ -172,10 +191,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_reporting_drops_gives_their_end_when_acknowledged() {
+        let mut inflight = InFlight::new(0);
+        inflight.requested(Tag::Batch {
+            after: 0,
+            last: 5,
+            drops_through: None,
+        });
+        inflight.requested(Tag::Batch {
+            after: 5,
+            last: 9,
+            drops_through: Some(3),
+        });
+        inflight.written(1);
+        inflight.written(2);
+        assert_eq!(inflight.acked_drops(1), None);
+        assert_eq!(inflight.acked_drops(2), Some(3));
+        assert_eq!(inflight.acked_drops(2), None);
+    }
+
+    #[test]
     fn a_later_ack_waits_for_the_earlier_batch() {
         let mut inflight = InFlight::new(0);
-        inflight.requested(Tag::Batch { after: 0, last: 5 });
-        inflight.requested(Tag::Batch { after: 5, last: 9 });
+        inflight.requested(Tag::Batch {
+            after: 0,
+            last: 5,
+            drops_through: None,
+        });
+        inflight.requested(Tag::Batch {
+            after: 5,
+            last: 9,
+            drops_through: None,
+        });
         inflight.written(7);
         inflight.written(8);
         assert_eq!(inflight.acked(8), None);
@@ -190,6 +237,7 @@ mod tests {
         inflight.requested(Tag::Batch {
             after: 100,
             last: 110,
+            drops_through: None,
         });
         inflight.written(1);
         assert_eq!(
@@ -197,7 +245,11 @@ mod tests {
             None,
             "the backlog below is not acknowledged"
         );
-        inflight.requested(Tag::Batch { after: 0, last: 60 });
+        inflight.requested(Tag::Batch {
+            after: 0,
+            last: 60,
+            drops_through: None,
+        });
         inflight.written(2);
         assert_eq!(inflight.acked(2), Some(60));
         // The backlog turns out to end at 60 (votes 61-100 were dropped): close the chain.
@@ -208,7 +260,11 @@ mod tests {
     fn unknown_and_repeated_acks_are_ignored() {
         let mut inflight = InFlight::new(3);
         assert_eq!(inflight.acked(42), None);
-        inflight.requested(Tag::Batch { after: 3, last: 4 });
+        inflight.requested(Tag::Batch {
+            after: 3,
+            last: 4,
+            drops_through: None,
+        });
         inflight.written(9);
         assert_eq!(inflight.acked(9), Some(4));
         assert_eq!(inflight.acked(9), None);

@@ -15,10 +15,12 @@
 //! | [`batch`] | cutting votes into batches within the limits (pure) |
 //! | [`inflight`] | packet id ↔ batch, the ack frontier (pure) |
 //! | [`ratelimit`] | optional publish and byte rate limits (pure) |
-//! | [`mqtt`] | the only file importing rumqttc and rustls: TLS, connection, errors, the check probe |
+//! | [`mqtt`] | the only file importing rumqttc, and rustls for the connection: TLS, connection, errors, the check probe |
+//! | [`files`] | the CA, client certificate, key and password files checked offline (rustls, x509-parser) |
 //! | [`task`] | the loop that ties them together |
 
 pub mod batch;
+pub mod files;
 pub mod inflight;
 pub mod mqtt;
 pub mod payload;

@@ -55,11 +55,11 @@ pub enum UplinkError {
         /// Why.
         cause: String,
     },
-    /// The broker's certificate is not trusted.
-    #[error("the broker's certificate was rejected: {0} (is uplink.ca-file the CA that signed it, and is the host name in it?)")]
+    /// The broker's certificate is not trusted; the reason as a plain sentence.
+    #[error("the broker's certificate was rejected: {0}")]
     ServerCertificate(String),
-    /// The broker rejected our client certificate.
-    #[error("the broker refused our client certificate: {0} (expired, or not signed by a CA the broker trusts?)")]
+    /// The broker rejected our client certificate (the TLS alert, in words).
+    #[error("the broker refused our client certificate ({0}): expired, or not signed by a CA the broker trusts? (`votegate check --offline` checks it)")]
     ClientCertificate(String),
     /// The broker ended the TLS handshake with an alert (no common protocol version, cipher
     /// or ALPN protocol): the two ends are configured for each other wrongly.
@@ -336,11 +336,19 @@ fn client_config(tls: &TlsSettings) -> Result<ClientConfig, UplinkError> {
     let mut config = match &tls.client_auth {
         Some((cert_path, key_path)) => {
             let chain = read_certs("client certificate", cert_path)?;
-            let key = pki_types::PrivateKeyDer::from_pem_file(key_path)
-                .map_err(|e| file_error("client key", key_path, e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| file_error("client certificate and key", cert_path, e))?
+            let key = pki_types::PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+                pki_types::pem::Error::NoItemsFound => {
+                    file_error("client key", key_path, "no PEM private key in it")
+                }
+                other => file_error("client key", key_path, other),
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                file_error(
+                    "client certificate and key",
+                    cert_path,
+                    client_auth_problem(&e),
+                )
+            })?
         }
         None => builder.with_no_client_auth(),
     };
@@ -448,7 +456,7 @@ fn classify_rustls(err: &rustls::Error) -> UplinkError {
     use rustls::AlertDescription as Alert;
     match err {
         rustls::Error::InvalidCertificate(reason) => {
-            UplinkError::ServerCertificate(format!("{reason:?}"))
+            UplinkError::ServerCertificate(server_certificate_problem(reason))
         }
         rustls::Error::AlertReceived(
             alert @ (Alert::BadCertificate
@@ -458,16 +466,117 @@ fn classify_rustls(err: &rustls::Error) -> UplinkError {
             | Alert::UnknownCA
             | Alert::CertificateRequired
             | Alert::UnsupportedCertificate),
-        ) => UplinkError::ClientCertificate(format!("{alert:?}")),
+        ) => UplinkError::ClientCertificate(alert_words(alert)),
         rustls::Error::AlertReceived(
             alert @ (Alert::HandshakeFailure
             | Alert::ProtocolVersion
             | Alert::InsufficientSecurity
             | Alert::NoApplicationProtocol
             | Alert::AccessDenied),
-        ) => UplinkError::TlsAlert(format!("{alert:?}")),
+        ) => UplinkError::TlsAlert(alert_words(alert)),
         other => UplinkError::Tls(other.to_string()),
     }
+}
+
+/// What the X.509 v1 refusal says: webpki reports it only as an "other" error.
+const V1_CERTIFICATE: &str = "UnsupportedCertVersion";
+
+/// Why rustls refused the broker's certificate, as a plain sentence that says what to change.
+fn server_certificate_problem(err: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match err {
+        E::UnknownIssuer => "it is not signed by a CA in uplink.ca-file (or, without ca-file, by one this system trusts)".into(),
+        E::NotValidForNameContext { expected, presented } => format!(
+            "it is not valid for {} (it names: {}): set uplink.host to one of those, or have the certificate reissued for this name",
+            expected.to_str(),
+            presented_names(presented)
+        ),
+        E::NotValidForName => "it is not valid for uplink.host".into(),
+        E::ExpiredContext { not_after, .. } => {
+            format!("it expired on {}", utc_date(not_after.as_secs()))
+        }
+        E::Expired => "it has expired".into(),
+        E::NotValidYetContext { not_before, .. } => format!(
+            "it is not valid before {} (is this machine's clock right?)",
+            utc_date(not_before.as_secs())
+        ),
+        E::NotValidYet => "it is not valid yet (is this machine's clock right?)".into(),
+        E::Revoked => "it has been revoked".into(),
+        E::BadSignature => "its signature does not verify with its CA's key".into(),
+        E::BadEncoding => "it is malformed".into(),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "it is not made for a TLS server (its extended key usage lacks serverAuth)".into()
+        }
+        E::UnhandledCriticalExtension => "it has a critical extension TLS does not know".into(),
+        E::Other(other) if other.to_string().contains(V1_CERTIFICATE) => {
+            "it is an X.509 v1 certificate, made without extensions, which TLS refuses: the broker's certificate must be signed again with extensions (`openssl x509 -req … -extfile`, or `-copy_extensions copyall` with OpenSSL 3)".into()
+        }
+        other => format!("it failed verification ({other:?})"),
+    }
+}
+
+/// Why rustls refused our client certificate and key when loading them.
+fn client_auth_problem(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+            if other.to_string().contains(V1_CERTIFICATE) =>
+        {
+            "it is an X.509 v1 certificate, made without extensions, which TLS refuses: sign it again with extensions (`openssl x509 -req … -extfile client.ext`, or `-copy_extensions copyall` with OpenSSL 3)".into()
+        }
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "uplink.client-key does not belong to this certificate (their public keys differ)".into()
+        }
+        rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding) => {
+            "the certificate is malformed".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The names a certificate holds, as webpki lists them (`DnsName("x")`, `IpAddress(1.2.3.4)`).
+fn presented_names(presented: &[String]) -> String {
+    if presented.is_empty() {
+        return "no host names at all".into();
+    }
+    presented
+        .iter()
+        .map(|name| {
+            let inner = name
+                .split_once('(')
+                .map_or(name.as_str(), |(_, rest)| rest.trim_end_matches(')'));
+            inner.trim_matches('"').to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A TLS alert in words: `CertificateExpired` → "certificate expired".
+fn alert_words(alert: &rustls::AlertDescription) -> String {
+    let name = format!("{alert:?}");
+    let mut words = String::new();
+    let chars: Vec<char> = name.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+        let prev_lower = i > 0 && chars[i - 1].is_lowercase();
+        if i > 0 && c.is_uppercase() && (prev_lower || next_lower) {
+            words.push(' ');
+        }
+        if c.is_uppercase() && next_lower {
+            words.extend(c.to_lowercase());
+        } else {
+            words.push(*c);
+        }
+    }
+    format!("TLS alert: {words}")
+}
+
+/// Seconds since 1970 as `2027-03-01 12:00 UTC`.
+fn utc_date(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| format!("{unix} s after 1970"))
 }
 
 /// `votegate check`: each step in turn (DNS, TCP, TLS, MQTT CONNECT), with a client id of its
@@ -554,5 +663,159 @@ pub async fn probe(settings: &UplinkSettings) -> Result<String, (&'static str, U
             UplinkError::Protocol("unexpected first event".into()),
         )),
         Err(_) => Err(("MQTT", UplinkError::Timeout(STEP_TIMEOUT))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use rustls::CertificateError as E;
+
+    #[test]
+    fn a_name_mismatch_reads_as_one_sentence() {
+        let err = rustls::Error::InvalidCertificate(E::NotValidForNameContext {
+            expected: pki_types::ServerName::IpAddress(
+                std::net::IpAddr::from([127, 0, 0, 1]).into(),
+            ),
+            presented: vec![
+                "DnsName(\"broker.example.com\")".into(),
+                "IpAddress(10.0.0.7)".into(),
+            ],
+        });
+        assert_eq!(
+            classify_rustls(&err).to_string(),
+            "the broker's certificate was rejected: it is not valid for 127.0.0.1 (it names: broker.example.com, 10.0.0.7): set uplink.host to one of those, or have the certificate reissued for this name"
+        );
+    }
+
+    #[test]
+    fn a_v1_certificate_names_the_openssl_fix() {
+        let other = || {
+            E::Other(rustls::OtherError(Arc::new(std::io::Error::other(
+                "UnsupportedCertVersion",
+            ))))
+        };
+        let server = classify_rustls(&rustls::Error::InvalidCertificate(other())).to_string();
+        assert!(
+            server.starts_with(
+                "the broker's certificate was rejected: it is an X.509 v1 certificate"
+            ) && server.contains("-extfile"),
+            "{server}"
+        );
+        let client = client_auth_problem(&rustls::Error::InvalidCertificate(other()));
+        assert!(
+            client.contains("X.509 v1") && client.contains("-copy_extensions"),
+            "{client}"
+        );
+    }
+
+    #[test]
+    fn certificate_verdicts_name_no_rust_types() {
+        let verdicts = [
+            E::UnknownIssuer,
+            E::ExpiredContext {
+                time: pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_700_000_000)),
+                not_after: pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+                    1_609_459_200,
+                )),
+            },
+            E::NotValidYet,
+            E::BadSignature,
+            E::InvalidPurpose,
+        ];
+        for verdict in verdicts {
+            let text = classify_rustls(&rustls::Error::InvalidCertificate(verdict)).to_string();
+            assert!(
+                text.starts_with("the broker's certificate was rejected: it")
+                    && !text.contains("Context")
+                    && !text.contains('{'),
+                "{text}"
+            );
+        }
+        assert!(server_certificate_problem(&E::ExpiredContext {
+            time: pki_types::UnixTime::now(),
+            not_after: pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_609_459_200)),
+        })
+        .ends_with("expired on 2021-01-01 00:00 UTC"));
+        assert_eq!(
+            client_auth_problem(&rustls::Error::InconsistentKeys(
+                rustls::InconsistentKeys::KeyMismatch
+            )),
+            "uplink.client-key does not belong to this certificate (their public keys differ)"
+        );
+    }
+
+    #[test]
+    fn alerts_read_as_words() {
+        use rustls::AlertDescription as A;
+        assert_eq!(
+            alert_words(&A::CertificateExpired),
+            "TLS alert: certificate expired"
+        );
+        assert_eq!(alert_words(&A::UnknownCA), "TLS alert: unknown CA");
+        assert_eq!(
+            alert_words(&A::BadCertificate),
+            "TLS alert: bad certificate"
+        );
+    }
+
+    use crate::uplink::PayloadFormat;
+
+    fn settings(ca_file: &Path) -> UplinkSettings {
+        UplinkSettings {
+            host: "broker.test".into(),
+            port: 8883,
+            tls: Some(TlsSettings {
+                ca: CaSource::File(ca_file.to_path_buf()),
+                client_auth: None,
+                alpn: vec!["votegate-test".into()],
+            }),
+            username: None,
+            password_file: None,
+            client_id: "gw-test".into(),
+            topic_prefix: "votegate/site/gw-test".into(),
+            format: PayloadFormat::Json,
+            max_batch_votes: 100,
+            max_payload_bytes: 64 * 1024,
+            max_batch_age: Duration::from_secs(1),
+            max_in_flight: 4,
+            keepalive: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(60),
+            telemetry_interval: Duration::from_secs(60),
+            max_publishes_per_second: None,
+            max_bytes_per_second: None,
+        }
+    }
+
+    /// deny.toml ignores the advisories of rustls-webpki 0.102, which rumqttc 0.25 pins, because
+    /// rumqttc never builds a TLS configuration of its own for votegate: it gets the finished
+    /// rustls `ClientConfig` (ring provider, rustls's own verifier on rustls-webpki 0.103) and
+    /// passes it to tokio-rustls as it is. Were this a `TlsConfiguration::Simple`, rumqttc would
+    /// parse the PEM files itself (with rustls-pemfile) and build the config.
+    #[test]
+    fn rumqttc_gets_the_client_config_votegate_built() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = rcgen::generate_simple_self_signed(vec!["broker.test".into()]).expect("a CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).expect("write the CA");
+        let options = options(&settings(&ca_file), false).expect("options");
+        let Transport::Tls(TlsConfiguration::Rustls(config)) = options.transport() else {
+            panic!("rumqttc must get votegate's own rustls ClientConfig");
+        };
+        // Ours: the ALPN list votegate set, and ring's cipher suites (not aws-lc's).
+        assert_eq!(config.alpn_protocols, [b"votegate-test".to_vec()]);
+        let suites = |provider: &rustls::crypto::CryptoProvider| {
+            provider
+                .cipher_suites
+                .iter()
+                .map(|suite| suite.suite())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            suites(config.crypto_provider()),
+            suites(&rustls::crypto::ring::default_provider())
+        );
     }
 }

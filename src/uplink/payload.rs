@@ -6,8 +6,19 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{restamp, ClockReading};
 use crate::model::Vote;
 
-/// The payload format version: the first field of every batch.
-pub const FORMAT_VERSION: u8 = 1;
+/// The payload format version: the first field of every batch. Version 2 added `dropped`;
+/// version 1 batches (without it) still decode.
+pub const FORMAT_VERSION: u8 = 2;
+const FORMAT_V1: u8 = 1;
+
+/// Seqs the gateway dropped to make room (`drop-oldest`): they will never arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRange {
+    /// The first dropped seq.
+    pub first_seq: u64,
+    /// The last dropped seq (inclusive).
+    pub last_seq: u64,
+}
 
 /// A batch of votes, as published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +38,37 @@ pub struct BatchPayload {
     pub last_seq: u64,
     /// The votes, by increasing seq.
     pub votes: Vec<WireVote>,
+    /// Seq ranges the gateway dropped and had not yet reported (oldest first); a range may be
+    /// reported again until a batch carrying it is acknowledged. Empty in version 1.
+    #[serde(default)]
+    pub dropped: Vec<DroppedRange>,
+}
+
+/// Version 1 of [`BatchPayload`] (postcard is positional: it lacks the last field).
+#[derive(Deserialize)]
+struct BatchPayloadV1 {
+    format: u8,
+    gateway_id: String,
+    site: String,
+    batch_id: u64,
+    first_seq: u64,
+    last_seq: u64,
+    votes: Vec<WireVote>,
+}
+
+impl From<BatchPayloadV1> for BatchPayload {
+    fn from(v1: BatchPayloadV1) -> BatchPayload {
+        BatchPayload {
+            format: v1.format,
+            gateway_id: v1.gateway_id,
+            site: v1.site,
+            batch_id: v1.batch_id,
+            first_seq: v1.first_seq,
+            last_seq: v1.last_seq,
+            votes: v1.votes,
+            dropped: Vec::new(),
+        }
+    }
 }
 
 /// One vote in a batch.
@@ -94,7 +136,7 @@ pub enum PayloadError {
     #[error("not a votegate batch: {0}")]
     Malformed(String),
     /// A format version this build does not know.
-    #[error("batch format version {0} is unknown to this build (this build reads version {FORMAT_VERSION})")]
+    #[error("batch format version {0} is unknown to this build (this build reads versions 1 and {FORMAT_VERSION})")]
     UnknownVersion(u8),
 }
 
@@ -112,11 +154,27 @@ pub fn decode(bytes: &[u8]) -> Result<BatchPayload, PayloadError> {
     let batch: BatchPayload = if first == Some(b'{') {
         serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?
     } else {
-        let (batch, rest): (BatchPayload, _) = postcard::take_from_bytes(bytes).map_err(|e| {
+        let malformed = |e: postcard::Error| {
             PayloadError::Malformed(format!(
-                "{e} (postcard batches start with format version {FORMAT_VERSION}, JSON ones with '{{')"
+                "{e} (postcard batches start with format version 1 or {FORMAT_VERSION}, JSON ones with '{{')"
             ))
-        })?;
+        };
+        let (batch, rest) = match first {
+            Some(FORMAT_V1) => {
+                let (v1, rest): (BatchPayloadV1, _) =
+                    postcard::take_from_bytes(bytes).map_err(malformed)?;
+                (BatchPayload::from(v1), rest)
+            }
+            Some(FORMAT_VERSION) => postcard::take_from_bytes(bytes).map_err(malformed)?,
+            // A later version's byte; anything else (text, other binary) is not a batch at all.
+            Some(version @ 3..=31) => return Err(PayloadError::UnknownVersion(version)),
+            Some(byte) => {
+                return Err(PayloadError::Malformed(format!(
+                    "it starts with byte 0x{byte:02x}; postcard batches start with format version 1 or {FORMAT_VERSION}, JSON ones with '{{'"
+                )))
+            }
+            None => return Err(PayloadError::Malformed("no bytes".into())),
+        };
         if !rest.is_empty() {
             return Err(PayloadError::Malformed(format!(
                 "{} bytes after the batch",
@@ -125,7 +183,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchPayload, PayloadError> {
         }
         batch
     };
-    if batch.format != FORMAT_VERSION {
+    if ![FORMAT_V1, FORMAT_VERSION].contains(&batch.format) {
         return Err(PayloadError::UnknownVersion(batch.format));
     }
     Ok(batch)
@@ -165,6 +223,10 @@ mod tests {
                     term_seq: None,
                 },
             ],
+            dropped: vec![DroppedRange {
+                first_seq: 3,
+                last_seq: 5,
+            }],
         }
     }
 
@@ -184,17 +246,34 @@ mod tests {
             .collect();
         assert_eq!(
             hex,
-            "010467772d310973746f72652d303432070708020708656e7472616e63650480bcd9f29e3401000001ac0208046578697401e8c3d9f29e3400010100"
+            "020467772d310973746f72652d303432070708020708656e7472616e63650480bcd9f29e3401000001ac0208046578697401e8c3d9f29e3400010100010305"
         );
+    }
+
+    #[test]
+    fn version_1_batches_still_decode_without_dropped_ranges() {
+        let v1_hex = "010467772d310973746f72652d303432070708020708656e7472616e63650480bcd9f29e3401000001ac0208046578697401e8c3d9f29e3400010100";
+        let bytes: Vec<u8> = (0..v1_hex.len() / 2)
+            .map(|i| u8::from_str_radix(&v1_hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        let decoded = decode(&bytes).expect("a version 1 batch");
+        let expected = BatchPayload {
+            format: 1,
+            dropped: Vec::new(),
+            ..batch()
+        };
+        assert_eq!(decoded, expected);
+        let json = br#"{"format":1,"gateway_id":"gw-1","site":"s","batch_id":1,"first_seq":1,"last_seq":1,"votes":[]}"#;
+        assert_eq!(decode(json).expect("JSON version 1").dropped, []);
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
         let mut bytes = encode(&batch(), PayloadFormat::Postcard);
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert!(matches!(
             decode(&bytes),
-            Err(PayloadError::UnknownVersion(2))
+            Err(PayloadError::UnknownVersion(3))
         ));
         assert!(matches!(
             decode(b"sandbox\n"),

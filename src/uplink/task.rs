@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch;
 use super::inflight::{InFlight, Tag};
 use super::mqtt::{Session, SessionEvent, UplinkError};
-use super::payload::{encode, WireVote};
+use super::payload::{encode, DroppedRange, WireVote};
 use super::ratelimit::RateLimit;
 use super::{Connection, UplinkSettings, UplinkState};
 use crate::alerts::outbox::Outbox;
@@ -27,6 +27,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// means it refuses the batch (usually its packet size limit): batches are halved.
 const OVERSIZE_STRIKES: u32 = 3;
 const MIN_PAYLOAD_BYTES: usize = 1024;
+/// Dropped ranges reported per batch at most (they are few; more go with the next batches).
+const DROPPED_PER_BATCH: usize = 64;
 /// Alert messages published per pass (they are rare; a backlog goes out in steps).
 const ALERTS_PER_FILL: usize = 16;
 
@@ -225,6 +227,11 @@ impl Uplink {
                         if let Some(number) = cursors.inflight.acked_alert(pkid) {
                             self.alert_delivered(number).await;
                         }
+                        if let Some(through) = cursors.inflight.acked_drops(pkid) {
+                            if let Err(err) = self.journal.forget_drops_through(through).await {
+                                log::warn!("uplink: reported drops not forgotten ({err}); they will be reported again");
+                            }
+                        }
                         if let Some(frontier) = cursors.inflight.acked(pkid) {
                             self.acknowledge(frontier, &mut cursors).await;
                         }
@@ -362,8 +369,21 @@ impl Uplink {
     ) -> Result<Option<Seq>, UplinkError> {
         let now = self.clock.now();
         let wire: Vec<WireVote> = votes.iter().map(|v| WireVote::from_vote(v, &now)).collect();
+        let dropped: Vec<DroppedRange> = self
+            .journal
+            .unreported_drops()
+            .await
+            .map_err(|e| UplinkError::Protocol(format!("journal: {e}")))?
+            .into_iter()
+            .take(DROPPED_PER_BATCH)
+            .map(|(first_seq, last_seq)| DroppedRange {
+                first_seq,
+                last_seq,
+            })
+            .collect();
         let Some((payload, _taken)) = batch::cut(
             &wire,
+            &dropped,
             &self.gateway_id,
             &self.site,
             self.settings.format,
@@ -379,7 +399,12 @@ impl Uplink {
             return Ok(None);
         }
         let last = payload.last_seq;
-        cursors.inflight.requested(Tag::Batch { after, last });
+        let drops_through = payload.dropped.last().map(|range| range.last_seq);
+        cursors.inflight.requested(Tag::Batch {
+            after,
+            last,
+            drops_through,
+        });
         session
             .publish(&self.settings.votes_topic(), bytes, true, false)
             .await?;

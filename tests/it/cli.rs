@@ -145,11 +145,15 @@ fn check_reports_a_line_per_part_and_fails_only_on_what_is_wrong() {
             && lines[1].contains("may grow to 290.1 MiB (max-disk-size 256 MiB, 2 terminals)"),
         "{report}"
     );
+    assert!(
+        lines[2].starts_with("ok    listen     127.0.0.1:0 is free to bind"),
+        "{report}"
+    );
     // The clock line follows the kernel's own answer on this machine.
     let synced = kernel_sync_state().synced;
     let clock = if synced { "ok    clock" } else { "FAIL  clock" };
     assert!(
-        lines[2].starts_with(clock),
+        lines[3].starts_with(clock),
         "kernel synced={synced}:\n{report}"
     );
     assert_eq!(
@@ -157,9 +161,16 @@ fn check_reports_a_line_per_part_and_fails_only_on_what_is_wrong() {
         Some(if synced { 0 } else { 1 }),
         "{report}"
     );
+    assert!(!data_dir.exists(), "check created the data dir");
+    std::fs::create_dir(&data_dir).expect("create");
+    let output = votegate(&["check", "--config", config.to_str().expect("utf-8")]);
+    let report = String::from_utf8_lossy(&output.stdout);
     assert!(
-        data_dir.is_dir(),
-        "check creates the data dir like the daemon would"
+        report.contains(&format!(
+            "ok    data-dir   {}: writable, ",
+            data_dir.display()
+        )),
+        "{report}"
     );
     assert_eq!(
         std::fs::read_dir(&data_dir).expect("dir").count(),
@@ -203,16 +214,15 @@ fn check_fails_when_the_journal_could_outgrow_the_free_space() {
 #[test]
 fn check_fails_on_an_unusable_data_dir() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // /proc refuses new folders, even to root.
-    let config = write_file(
-        dir.path(),
-        "votegate.toml",
-        &config_text(Path::new("/proc/votegate")),
-    );
+    let file = write_file(dir.path(), "journal", "a file, not a folder");
+    let config = write_file(dir.path(), "votegate.toml", &config_text(&file));
     let output = votegate(&["check", "--config", config.to_str().expect("utf-8")]);
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
-        report.contains("FAIL  data-dir   cannot create /proc/votegate: "),
+        report.contains(&format!(
+            "FAIL  data-dir   {} is not a folder",
+            file.display()
+        )),
         "{report}"
     );
     assert_eq!(output.status.code(), Some(1), "{report}");
@@ -226,6 +236,7 @@ fn check_probes_every_serial_port() {
         r#"gateway-id = "gw-test"
 site = "test-store"
 data-dir = "{}"
+listen = "127.0.0.1:0"
 
 [[terminal]]
 id = "entrance"

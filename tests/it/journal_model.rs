@@ -4,7 +4,7 @@
 //! a block was sealed or the log is full, checkpoint in several sled batches), against a plain
 //! in-memory model of blocks and a tail.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use votegate::journal::block::{block_len, VoteStream};
@@ -31,6 +31,8 @@ enum Op {
     Append(Vec<(usize, Option<u64>, u8)>),
     /// Acknowledge through the oldest buffered seq plus this offset (partial blocks too).
     AckThrough(u64),
+    /// A batch reported the dropped seqs through the oldest unreported one plus this offset.
+    ForgetDrops(u64),
     Restart,
     Sync,
     Compact,
@@ -45,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => proptest::collection::vec(press, 1..6).prop_map(Op::Append),
         2 => (0..8u64).prop_map(Op::AckThrough),
+        1 => (0..8u64).prop_map(Op::ForgetDrops),
         1 => Just(Op::Restart),
         1 => Just(Op::Sync),
         1 => Just(Op::Compact),
@@ -72,6 +75,8 @@ struct Model {
     head: u64,
     next_seq: u64,
     dropped: u64,
+    /// Dropped seqs not yet reported.
+    drops: BTreeSet<u64>,
     dedup: HashMap<(String, u64), u64>,
     /// (minute, terminal) → counted per button, filtered.
     minutes: BTreeMap<(u32, String), ([u32; 4], u32)>,
@@ -87,6 +92,7 @@ impl Model {
             head: 1,
             next_seq: 1,
             dropped: 0,
+            drops: BTreeSet::new(),
             dedup: HashMap::new(),
             minutes: BTreeMap::new(),
         }
@@ -138,6 +144,7 @@ impl Model {
                     match oldest {
                         Some((first, end)) if end <= first_new => {
                             self.dropped += end - self.head.max(first);
+                            self.drops.extend(self.head.max(first)..end);
                             self.head = end;
                         }
                         _ => break,
@@ -232,6 +239,13 @@ fn check_same(journal: &mut Journal, model: &Model) -> Result<(), TestCaseError>
         })
         .collect();
     prop_assert_eq!(&minutes, &model.minutes, "minute counts");
+    let drops: BTreeSet<u64> = journal
+        .unreported_drops()
+        .expect("drops")
+        .into_iter()
+        .flat_map(|(first, last)| first..=last)
+        .collect();
+    prop_assert_eq!(&drops, &model.drops, "unreported drops");
     Ok(())
 }
 
@@ -264,6 +278,13 @@ fn run_case(when_full: WhenFull, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let through = model.head + offset;
                 let expected = model.ack_through(through);
                 prop_assert_eq!(journal.ack_through(through).expect("ack"), expected);
+            }
+            Op::ForgetDrops(offset) => {
+                if let Some(oldest) = model.drops.first().copied() {
+                    let through = oldest + offset;
+                    model.drops = model.drops.split_off(&(through + 1));
+                    journal.forget_drops_through(through).expect("forget");
+                }
             }
             Op::Restart => {
                 drop(journal);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use votegate::journal::{Journal, Limits};
+use votegate::journal::{Journal, Limits, WhenFull};
 use votegate::model::Press;
 use votegate::uplink::payload::WireVote;
 
@@ -360,7 +360,7 @@ fn a_wrong_ca_fails_clearly_and_loses_nothing() {
         .lines()
         .find(|l| l.contains(" uplink "))
         .expect("uplink line");
-    assert!(line.starts_with("FAIL  uplink     TLS step failed: the broker's certificate was rejected: UnknownIssuer"), "{report}");
+    assert!(line.starts_with("FAIL  uplink     TLS step failed: the broker's certificate was rejected: it is not signed by a CA in uplink.ca-file (or, without ca-file, by one this system trusts)"), "{report}");
 
     let (gateway, addr) = start_gateway(&wrong);
     wait_for("the error to show", Duration::from_secs(15), || {
@@ -464,7 +464,8 @@ fn decode_prints_a_received_batch_as_json() {
     let output = child.wait_with_output().expect("decode runs");
     assert!(output.status.success());
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON out");
-    assert_eq!(json["format"], 1);
+    assert_eq!(json["format"], 2);
+    assert_eq!(json["dropped"], serde_json::json!([]));
     assert_eq!(json["votes"].as_array().map(Vec::len), Some(3));
     assert_eq!(json["votes"][0]["terminal"], "entrance");
     let garbage = votegate_command()
@@ -484,6 +485,12 @@ fn json_batches_and_the_last_will_on_sigkill() {
     wait_for("the journal to drain", Duration::from_secs(30), || {
         status(addr)["journal"]["depth"] == 0
     });
+    // The broker acknowledges a batch before the subscriber has it.
+    wait_for(
+        "the subscriber to get the votes",
+        Duration::from_secs(10),
+        || cloud.received().len() == 5,
+    );
     let (_, payload) = cloud
         .subscriber
         .messages()
@@ -491,7 +498,7 @@ fn json_batches_and_the_last_will_on_sigkill() {
         .find(|(t, _)| t.ends_with("/votes"))
         .expect("a batch");
     let json: serde_json::Value = serde_json::from_slice(&payload).expect("the payload is JSON");
-    assert_eq!(json["format"], 1);
+    assert_eq!(json["format"], 2);
     assert_eq!(json["votes"][0]["terminal"], "entrance");
     assert_eq!(cloud.received().len(), 5);
 
@@ -507,4 +514,81 @@ fn json_batches_and_the_last_will_on_sigkill() {
             .collect();
         statuses.last() == Some(&b"offline".as_slice())
     });
+}
+
+#[test]
+fn every_seq_a_full_journal_dropped_is_reported_on_the_wire() {
+    const PRESSED: u64 = 400_000;
+    let cloud = Cloud::start("");
+    let limits = Limits {
+        max_disk_bytes: 1024 * 1024,
+        when_full: WhenFull::DropOldest,
+        ..Limits::default()
+    };
+    {
+        // An outage long enough to fill a 1 MiB journal three times over.
+        let mut journal = Journal::open(&cloud.data_dir(), limits).expect("journal");
+        let presses: Vec<Press> = votes::presses(PRESSED).collect();
+        for chunk in presses.chunks(4_000) {
+            journal.append(chunk.to_vec()).expect("append");
+        }
+        let stats = journal.stats();
+        assert!(stats.dropped > PRESSED / 2, "{stats:?}");
+    }
+    let config = cloud.good_config("\n[journal]\nmax-disk-size = \"1 MiB\"\n");
+    let (gateway, addr) = start_gateway(&config);
+    wait_for("the journal to drain", Duration::from_secs(60), || {
+        status(addr)["journal"]["depth"] == 0
+    });
+    stop(gateway);
+
+    let received = cloud.received();
+    let mut reported = std::collections::BTreeSet::new();
+    for batch in cloud.subscriber.batches() {
+        assert_eq!(batch.format, 2);
+        for range in batch.dropped {
+            reported.extend(range.first_seq..=range.last_seq);
+        }
+    }
+    assert!(!reported.is_empty());
+    for seq in 1..=PRESSED {
+        let got = received.contains_key(&seq);
+        let dropped = reported.contains(&seq);
+        assert!(
+            got != dropped,
+            "seq {seq}: received {got}, reported dropped {dropped}"
+        );
+    }
+    eprintln!(
+        "{} received, {} reported dropped",
+        received.len(),
+        reported.len()
+    );
+    // Reported and acknowledged: nothing left to report.
+    let mut journal = Journal::open(&cloud.data_dir(), limits).expect("journal");
+    assert_eq!(journal.unreported_drops().expect("drops"), []);
+}
+
+#[test]
+fn a_v1_client_certificate_is_named_in_one_sentence_at_connect_time() {
+    let cloud = Cloud::start("");
+    let v1 = cloud.config(&cloud.pki.ca, &cloud.pki.v1_cert, &cloud.pki.v1_key, "");
+    let (gateway, addr) = start_gateway(&v1);
+    let error = || {
+        status(addr)["uplink"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the error to show", Duration::from_secs(15), || {
+        !error().is_empty()
+    });
+    assert_eq!(
+        error(),
+        format!(
+            "cannot use client certificate and key {}: it is an X.509 v1 certificate, made without extensions, which TLS refuses: sign it again with extensions (`openssl x509 -req … -extfile client.ext`, or `-copy_extensions copyall` with OpenSSL 3)",
+            cloud.pki.v1_cert.display()
+        )
+    );
+    stop(gateway);
 }
