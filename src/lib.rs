@@ -26,6 +26,7 @@
 //! | [`backoff`] | exponential backoff with jitter for everything that reconnects |
 //! | [`tallies`] | windows and scores, the live feed |
 //! | [`display`] | the HTTP API and the display page |
+//! | [`labels`] | the display page's languages and built-in labels (pure) |
 //! | [`uplink`] | batches to MQTT/TLS, acknowledged delivery |
 //! | [`status`] | the status snapshot |
 //! | [`health`] | healthy or not, and every reason why (pure) |
@@ -45,7 +46,7 @@
 //! - only `daemon/` and `cli/` wire pipeline modules together: `sources` may use the journal's
 //!   handle, but the journal knows nothing of sources, and pure modules (`model`, `clock`,
 //!   `backoff`, `journal/record.rs`, `journal/dedup.rs`, `journal/filter.rs`, `journal/block.rs`,
-//!   `journal/counts.rs`, `sources/serial/frame.rs`) do no I/O;
+//!   `journal/counts.rs`, `sources/serial/frame.rs`, `labels`) do no I/O;
 //! - `anyhow` is used only in `main.rs` and `cli/`.
 
 pub mod alerts;
@@ -59,6 +60,7 @@ pub mod health;
 #[cfg(feature = "ingest")]
 pub mod ingest;
 pub mod journal;
+pub mod labels;
 pub mod logging;
 pub mod model;
 pub mod sources;

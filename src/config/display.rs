@@ -1,5 +1,6 @@
 //! Validation of `listen`, `[display]` and `[opening-hours]`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use jiff::civil::Time;
@@ -7,6 +8,7 @@ use toml::Spanned;
 
 use super::raw::{Hours, RawDisplay, RawOpeningHours};
 use super::{ConfigError, DisplayConfig, Document, DEFAULT_LISTEN};
+use crate::labels::{check_override, language_codes, resolve, Language};
 use crate::tallies::{parse_time, OpeningHours};
 
 /// Why a time of day was refused.
@@ -64,6 +66,30 @@ impl Document<'_> {
 
     pub(super) fn display(&self, raw: &RawDisplay) -> Result<DisplayConfig, ConfigError> {
         let defaults = DisplayConfig::default();
+        let language = match &raw.language {
+            Some(code) => Language::from_code(code.get_ref()).ok_or_else(|| {
+                self.invalid(
+                    "display.language",
+                    code,
+                    format!(
+                        "{:?} is not a built-in language; choose one of {}",
+                        code.get_ref(),
+                        language_codes()
+                    ),
+                )
+            })?,
+            None => Language::default(),
+        };
+        let mut overrides = BTreeMap::new();
+        for (key, text) in raw.labels.iter().flatten() {
+            let what = format!("display.labels.{key}");
+            let known = check_override(key, text.get_ref())
+                .map_err(|problem| self.invalid(&what, text, problem))?;
+            if text.get_ref().chars().count() > 200 {
+                return Err(self.invalid(&what, text, "must be at most 200 characters"));
+            }
+            overrides.insert(known, text.get_ref().clone());
+        }
         let title = match &raw.title {
             Some(title) if title.get_ref().trim().is_empty() => {
                 return Err(self.invalid("display.title", title, "must not be empty"))
@@ -72,7 +98,7 @@ impl Document<'_> {
                 return Err(self.invalid("display.title", title, "must be at most 80 characters"))
             }
             Some(title) => title.get_ref().clone(),
-            None => defaults.title,
+            None => language.default_title().to_string(),
         };
         let day_start = match &raw.day_starts_at {
             Some(value) => match minute_time(value.get_ref()) {
@@ -145,6 +171,8 @@ impl Document<'_> {
             max_screens,
             max_connections,
             allowed_origins,
+            language,
+            labels: resolve(language, &overrides),
         })
     }
 

@@ -145,16 +145,22 @@ pub struct DisplayConfig {
     pub max_connections: usize,
     /// Origins allowed by CORS (`*` = any), for screens served from elsewhere.
     pub allowed_origins: Vec<String>,
+    /// The page's language (labels, number, date and time formats).
+    pub language: crate::labels::Language,
+    /// Every label of the page: the language's built-ins with `[display.labels]` applied.
+    pub labels: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Default for DisplayConfig {
     fn default() -> DisplayConfig {
         DisplayConfig {
-            title: "How was your visit today?".to_string(),
+            title: crate::labels::Language::En.default_title().to_string(),
             day_start: jiff::civil::Time::midnight(),
             max_screens: 64,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: vec!["*".to_string()],
+            language: crate::labels::Language::En,
+            labels: crate::labels::resolve(crate::labels::Language::En, &Default::default()),
         }
     }
 }
@@ -772,6 +778,52 @@ presses-per-minute = 6
         );
         let config = load(&text).expect("valid");
         assert_eq!(config.terminals[0].min_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_language_sets_title_and_labels_and_overrides_apply() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(config.display.language, crate::labels::Language::En);
+        assert_eq!(config.display.title, "How was your visit today?");
+        assert_eq!(config.display.labels["happy"], "Happy");
+        let text = MINIMAL.replace(
+            "[[terminal]]",
+            "[display]\nlanguage = \"de\"\n\n[display.labels]\nvotes = \"Stimmen gesamt\"\nmore = \"und {n} weitere\"\n\n[[terminal]]",
+        );
+        let config = load(&text).expect("valid");
+        assert_eq!(config.display.title, "Wie war Ihr Besuch heute?");
+        assert_eq!(config.display.labels["votes"], "Stimmen gesamt");
+        assert_eq!(config.display.labels["more"], "und {n} weitere");
+        assert_eq!(config.display.labels["happy"], "Zufrieden");
+    }
+
+    #[test]
+    fn unknown_languages_labels_and_placeholders_name_key_and_line() {
+        let text = MINIMAL.replace(
+            "[[terminal]]",
+            "[display]\nlanguage = \"pt\"\n\n[[terminal]]",
+        );
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 7: key `display.language`: \"pt\" is not a built-in language; choose one of en, de, fr, es, it, nl, sv, fi"
+        );
+        let text = MINIMAL.replace(
+            "[[terminal]]",
+            "[display.labels]\nhappy = \"Glad\"\nvots = \"Stimmen\"\n\n[[terminal]]",
+        );
+        let message = error(&text);
+        assert!(
+            message.starts_with("/etc/votegate/votegate.toml, line 8: key `display.labels.vots`: \"vots\" is not a label; the labels are: very-unhappy, unhappy, happy,"),
+            "{message}"
+        );
+        let text = MINIMAL.replace(
+            "[[terminal]]",
+            "[display.labels]\nmore = \"+{count} more\"\n\n[[terminal]]",
+        );
+        assert_eq!(
+            error(&text),
+            "/etc/votegate/votegate.toml, line 7: key `display.labels.more`: \"{count}\" is not a value of label \"more\"; it can use: {n}"
+        );
     }
 
     #[test]

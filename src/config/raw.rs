@@ -2,6 +2,7 @@
 //! denies unknown keys; values that validation may reject are `Spanned` so that the error can
 //! name their line. Nothing here decides what a value means: see `super::validate`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Unexpected, Visitor};
@@ -94,6 +95,8 @@ pub(super) struct RawDisplay {
     pub max_screens: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
     pub allowed_origins: Option<Spanned<Vec<String>>>,
+    pub language: Option<Spanned<String>>,
+    pub labels: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 /// The `[opening-hours]` table: every weekday, as `"08:00-20:00"`, a list of such, or `"closed"`.

@@ -131,7 +131,8 @@ pub struct ReloadPlan {
     pub terminals: bool,
     /// The tallies' rules or terminals (they are rebuilt from the journal), or the alert rules.
     pub tallies: bool,
-    /// `[display]` (title, screens, connections, origins).
+    /// `[display]` (title, language, labels, screens, connections, origins): pages loaded
+    /// after the reload get the new settings.
     pub display: bool,
     /// `unhealthy-after` keys.
     pub health: bool,
@@ -428,6 +429,22 @@ presses-per-minute = 6
         assert!(plan.stop.is_empty() && plan.start.is_empty());
         assert!(plan.display && plan.tallies && plan.health && plan.log_level && plan.filter);
         assert!(!plan.terminals);
+    }
+
+    #[test]
+    fn a_new_language_or_label_is_a_display_change_for_pages_loaded_after_it() {
+        let german = BASE.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\n\n[display]\nlanguage = \"de\"",
+        );
+        let plan = plan(&config(BASE), &config(&german)).expect("allowed");
+        assert!(plan.display && !plan.tallies && plan.stop.is_empty());
+        let relabelled = german.replace(
+            "language = \"de\"",
+            "language = \"de\"\n\n[display.labels]\nvotes = \"Antworten\"",
+        );
+        let plan = super::plan(&config(&german), &config(&relabelled)).expect("allowed");
+        assert!(plan.display && !plan.tallies && plan.stop.is_empty());
     }
 
     #[test]

@@ -8,8 +8,14 @@ use super::DisplayState;
 
 /// `GET /api/v1/tallies`: per terminal and for the site, today / last 60 min / last 15 min.
 pub async fn tallies(State(state): State<DisplayState>) -> Response {
-    let snapshot = state.tallies.snapshot.borrow().clone();
-    json(&*snapshot)
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        state.tallies_json(),
+    )
+        .into_response()
 }
 
 /// `GET /api/v1/alerts`: open alerts and those closed in the last 24 hours.

@@ -15,9 +15,10 @@ pub mod server;
 pub mod sse;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -31,10 +32,14 @@ use tower_http::timeout::TimeoutLayer;
 use crate::config::DisplayConfig;
 use crate::status::StatusSource;
 use crate::tallies::task::TalliesOutput;
+use crate::tallies::TalliesSnapshot;
 pub use server::{serve, ConnectionGate};
 
 /// Longest a plain request may take (event streams answer at once and then stream).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A tallies snapshot and its JSON.
+type EncodedTallies = (Arc<TalliesSnapshot>, Bytes);
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -51,6 +56,9 @@ pub struct DisplayState {
     pub connections: Arc<ConnectionGate>,
     /// Ends event streams on shutdown (axum would keep them open).
     pub shutdown: CancellationToken,
+    /// The last tallies snapshot served and its JSON: encoded once per snapshot, not per
+    /// request (a screen polling and a burst of requests get the same bytes).
+    tallies_json: Arc<Mutex<Option<EncodedTallies>>>,
 }
 
 impl DisplayState {
@@ -68,6 +76,24 @@ impl DisplayState {
             screens: Arc::new(AtomicUsize::new(0)),
             connections: Arc::new(ConnectionGate::default()),
             shutdown,
+            tallies_json: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The current tallies as JSON, encoded at most once per snapshot.
+    pub fn tallies_json(&self) -> Bytes {
+        let snapshot = self.tallies.snapshot.borrow().clone();
+        let mut cached = self
+            .tallies_json
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some((served, json)) if Arc::ptr_eq(served, &snapshot) => json.clone(),
+            _ => {
+                let json = Bytes::from(serde_json::to_vec(&*snapshot).unwrap_or_default());
+                *cached = Some((snapshot, json.clone()));
+                json
+            }
         }
     }
 

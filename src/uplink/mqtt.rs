@@ -941,4 +941,62 @@ mod tests {
             "TLS alert: bad certificate"
         );
     }
+
+    use crate::uplink::PayloadFormat;
+
+    fn settings(ca_file: &Path) -> UplinkSettings {
+        UplinkSettings {
+            host: "broker.test".into(),
+            port: 8883,
+            tls: Some(TlsSettings {
+                ca: CaSource::File(ca_file.to_path_buf()),
+                client_auth: None,
+                alpn: vec!["votegate-test".into()],
+            }),
+            username: None,
+            password_file: None,
+            client_id: "gw-test".into(),
+            topic_prefix: "votegate/site/gw-test".into(),
+            format: PayloadFormat::Json,
+            max_batch_votes: 100,
+            max_payload_bytes: 64 * 1024,
+            max_batch_age: Duration::from_secs(1),
+            max_in_flight: 4,
+            keepalive: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(60),
+            telemetry_interval: Duration::from_secs(60),
+            max_publishes_per_second: None,
+            max_bytes_per_second: None,
+        }
+    }
+
+    /// deny.toml ignores the advisories of rustls-webpki 0.102, which rumqttc 0.25 pins, because
+    /// rumqttc never builds a TLS configuration of its own for votegate: it gets the finished
+    /// rustls `ClientConfig` (ring provider, rustls's own verifier on rustls-webpki 0.103) and
+    /// passes it to tokio-rustls as it is. Were this a `TlsConfiguration::Simple`, rumqttc would
+    /// parse the PEM files itself (with rustls-pemfile) and build the config.
+    #[test]
+    fn rumqttc_gets_the_client_config_votegate_built() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = rcgen::generate_simple_self_signed(vec!["broker.test".into()]).expect("a CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).expect("write the CA");
+        let options = options(&settings(&ca_file), false).expect("options");
+        let Transport::Tls(TlsConfiguration::Rustls(config)) = options.transport() else {
+            panic!("rumqttc must get votegate's own rustls ClientConfig");
+        };
+        // Ours: the ALPN list votegate set, and ring's cipher suites (not aws-lc's).
+        assert_eq!(config.alpn_protocols, [b"votegate-test".to_vec()]);
+        let suites = |provider: &rustls::crypto::CryptoProvider| {
+            provider
+                .cipher_suites
+                .iter()
+                .map(|suite| suite.suite())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            suites(config.crypto_provider()),
+            suites(&rustls::crypto::ring::default_provider())
+        );
+    }
 }

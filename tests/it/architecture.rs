@@ -107,6 +107,7 @@ fn pure_modules_do_no_io() {
         "journal/counts.rs",
         "journal/drops.rs",
         "config/units.rs",
+        "labels.rs",
         "tallies/mod.rs",
         "uplink/payload.rs",
         "uplink/batch.rs",

@@ -25,5 +25,6 @@ mod protocol_spec;
 mod reload;
 mod serial;
 mod soak;
+mod supply_chain;
 mod systemd;
 mod uplink;

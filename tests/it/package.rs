@@ -62,7 +62,8 @@ fn the_debian_package_installs_what_the_gateway_needs() {
         );
     }
     for (source, _, mode) in assets() {
-        if source != "target/release/votegate" {
+        // The binary and target/assets (man pages, completions: scripts/assets) are built.
+        if !source.starts_with("target/") {
             assert!(
                 repo_root().join(&source).is_file(),
                 "asset {source} does not exist"
@@ -90,7 +91,29 @@ fn the_debian_package_installs_what_the_gateway_needs() {
         "{script}"
     );
     assert!(script.contains("for group in dialout gpio"), "{script}");
-    for script in ["debian/postinst", "debian/prerm"] {
+    // The state folder exists before any start (`votegate check` runs first), the unit is
+    // enabled with deb-systemd-helper (in an image build too) and restarted on upgrade only.
+    for line in [
+        "chown votegate:votegate /var/lib/votegate",
+        "chmod 0750 /var/lib/votegate",
+        "deb-systemd-helper --quiet was-enabled 'votegate.service'",
+        "deb-systemd-invoke try-restart 'votegate.service'",
+        "udevadm trigger --subsystem-match=tty --action=add",
+    ] {
+        assert!(script.contains(line), "postinst lacks {line:?}");
+    }
+    assert!(
+        !script.contains("systemctl enable"),
+        "enable with deb-systemd-helper"
+    );
+    let postrm = std::fs::read_to_string(repo_root().join("debian/postrm")).expect("postrm");
+    for line in [
+        "deb-systemd-helper purge 'votegate.service'",
+        "rm -rf /var/lib/votegate /etc/votegate",
+    ] {
+        assert!(postrm.contains(line), "postrm lacks {line:?}");
+    }
+    for script in ["debian/postinst", "debian/prerm", "debian/postrm"] {
         let mode = std::fs::metadata(repo_root().join(script))
             .expect(script)
             .permissions()
@@ -108,4 +131,41 @@ fn the_packaged_config_loads() {
         std::path::PathBuf::from("/var/lib/votegate")
     );
     assert!(config.uplink.is_some());
+}
+
+#[test]
+fn the_package_carries_its_changelog_and_both_licence_texts() {
+    let meta = deb_metadata();
+    assert_eq!(meta["changelog"].as_str(), Some("debian/changelog"));
+    // The changelog's top entry is the version cargo-deb builds (revision 1).
+    let changelog =
+        std::fs::read_to_string(repo_root().join("debian/changelog")).expect("changelog");
+    let top = changelog.lines().next().expect("an entry");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        top.starts_with(&format!("votegate ({version}-1) ")),
+        "debian/changelog starts with {top:?}: add an entry for {version}-1"
+    );
+    // debian/copyright holds LICENSE-MIT and LICENSE-APACHE word for word (DEP-5 indents each
+    // line by one space and writes an empty line as " .").
+    let copyright =
+        std::fs::read_to_string(repo_root().join("debian/copyright")).expect("copyright");
+    let license = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(license.contains("license = \"MIT OR Apache-2.0\""));
+    assert!(copyright.contains("License: MIT or Apache-2.0"));
+    for file in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        let text = std::fs::read_to_string(repo_root().join(file)).expect(file);
+        // (LICENSE-MIT's title line is the DEP-5 `License: MIT` field.)
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "MIT License")
+        {
+            assert!(
+                copyright.contains(line),
+                "debian/copyright lacks this line of {file}: {line:?}"
+            );
+        }
+    }
+    assert!(installed_paths().contains(&"/usr/share/doc/votegate/copyright".to_string()));
 }

@@ -1,6 +1,6 @@
 //! A headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`, which
-//! scripts/test installs). Only what the display test needs: open a page, run a script, take a
-//! screenshot.
+//! scripts/test installs). Only what the display tests need: open a page, size the viewport, run
+//! a script, measure the layout, take a screenshot.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
@@ -120,6 +120,107 @@ impl Browser {
         )
     }
 
+    /// Runs a script with arguments (`arguments[0]`, …) and returns its result.
+    pub fn eval_with(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
+    /// The computed value of a CSS `property` of the first element matching `selector`.
+    pub fn style(&self, selector: &str, property: &str) -> String {
+        self.eval_with(
+            "const e = document.querySelector(arguments[0]); \
+             return e ? getComputedStyle(e).getPropertyValue(arguments[1]) : null",
+            json!([selector, property]),
+        )
+        .as_str()
+        .unwrap_or_else(|| panic!("no element {selector}"))
+        .to_string()
+    }
+
+    /// The bounding box (left, top, width, height in CSS px) of the first element matching
+    /// `selector`.
+    pub fn rect(&self, selector: &str) -> (f64, f64, f64, f64) {
+        let r = self.eval_with(
+            "const e = document.querySelector(arguments[0]); \
+             if (!e) return null; const r = e.getBoundingClientRect(); \
+             return [r.left, r.top, r.width, r.height]",
+            json!([selector]),
+        );
+        let n = |i: usize| {
+            r[i].as_f64()
+                .unwrap_or_else(|| panic!("no element {selector}"))
+        };
+        (n(0), n(1), n(2), n(3))
+    }
+
+    /// Sizes the window so that the page's viewport (`innerWidth` × `innerHeight`) is exactly
+    /// `width` × `height` CSS pixels, whatever the browser adds around it. Chromium applies a
+    /// new window size asynchronously: the viewport is read until it holds still.
+    pub fn set_viewport(&self, width: u32, height: u32) {
+        let want = (i64::from(width), i64::from(height));
+        let (mut outer_w, mut outer_h) = want;
+        let mut seen = (0, 0);
+        for _ in 0..6 {
+            self.call(
+                "POST",
+                "/window/rect",
+                Some(json!({"width": outer_w, "height": outer_h})),
+            );
+            let mut previous = (-1, -1);
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(50));
+                let inner = self.eval("return [innerWidth, innerHeight]");
+                seen = (
+                    inner[0].as_i64().unwrap_or(0),
+                    inner[1].as_i64().unwrap_or(0),
+                );
+                if seen == previous {
+                    break;
+                }
+                previous = seen;
+            }
+            if seen == want {
+                return;
+            }
+            outer_w += want.0 - seen.0;
+            outer_h += want.1 - seen.1;
+        }
+        panic!("cannot size the viewport to {width}×{height}: it stays {seen:?}");
+    }
+
+    /// What the layout looks like now: every visible element that reaches outside the viewport,
+    /// whether the document scrolls, the smallest computed font size of any visible text and
+    /// the element that has it, and the elements whose text is cut (ellipsis).
+    pub fn layout(&self) -> Layout {
+        let value = self.eval(LAYOUT_SCRIPT);
+        Layout {
+            viewport: (
+                value["width"].as_f64().unwrap_or(0.0),
+                value["height"].as_f64().unwrap_or(0.0),
+            ),
+            outside: strings(&value["outside"]),
+            min_font_px: value["minFont"].as_f64().unwrap_or(0.0),
+            min_font_element: value["minFontElement"].as_str().unwrap_or("").to_string(),
+            clipped: strings(&value["clipped"]),
+        }
+    }
+
+    /// A PNG screenshot of the window, saved as `target/screenshots/{name}.png`.
+    pub fn save_screenshot(&self, name: &str) -> std::path::PathBuf {
+        let png = self.screenshot();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        let dir = super::repo_root().join("target").join("screenshots");
+        std::fs::create_dir_all(&dir).expect("target/screenshots");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, &png).expect("save the screenshot");
+        eprintln!("screenshot: {}", path.display());
+        path
+    }
+
     /// The text of the element with this id.
     pub fn text(&self, id: &str) -> String {
         self.eval(&format!(
@@ -150,6 +251,81 @@ impl Browser {
         base64_decode(encoded.as_str().expect("base64 PNG"))
     }
 }
+
+/// The layout of a page as [`Browser::layout`] measured it.
+#[derive(Debug)]
+pub struct Layout {
+    /// `innerWidth` × `innerHeight`.
+    pub viewport: (f64, f64),
+    /// Visible elements (and the document itself) reaching outside the viewport, cut off by an
+    /// ancestor that hides its overflow, or with text wider than their box, described.
+    pub outside: Vec<String>,
+    /// The smallest computed font size of an element with visible text of its own.
+    pub min_font_px: f64,
+    /// That element, described.
+    pub min_font_element: String,
+    /// Elements whose text is cut off by `overflow` (they fit, but say less).
+    pub clipped: Vec<String>,
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Measures the page: see [`Layout`]. An element is visible when it has a box (not
+/// `display: none` anywhere up its tree), is not `visibility: hidden` and not transparent.
+const LAYOUT_SCRIPT: &str = r##"
+const W = innerWidth, H = innerHeight, slack = 0.5;
+const describe = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
+  + (typeof e.className === "string" && e.className ? "." + e.className.trim().split(/\s+/).join(".") : "")
+  + " " + JSON.stringify((e.textContent || "").trim().slice(0, 40));
+const outside = [], clipped = [];
+const root = document.documentElement;
+if (root.scrollWidth > W || root.scrollHeight > H || document.body.scrollWidth > W || document.body.scrollHeight > H) {
+  outside.push("the document scrolls: " + Math.max(root.scrollWidth, document.body.scrollWidth) + "×"
+    + Math.max(root.scrollHeight, document.body.scrollHeight) + " in " + W + "×" + H);
+}
+let minFont = Infinity, minFontElement = "";
+for (const e of document.body.querySelectorAll("*")) {
+  if (e.tagName === "SCRIPT" || e.tagName === "STYLE") continue;
+  const style = getComputedStyle(e);
+  const r = e.getBoundingClientRect();
+  if (r.width === 0 && r.height === 0) continue;
+  if (style.visibility === "hidden" || Number(style.opacity) === 0) continue;
+  if (r.left < -slack || r.top < -slack || r.right > W + slack || r.bottom > H + slack) {
+    outside.push(describe(e) + " at " + [r.left, r.top, r.right, r.bottom].map(Math.round).join(","));
+  }
+  // Inside the viewport but cut off by a box that hides its overflow: just as unreadable.
+  for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+    if (getComputedStyle(a).overflow === "visible") continue;
+    const b = a.getBoundingClientRect();
+    if (r.left < b.left - slack || r.top < b.top - slack || r.right > b.right + slack || r.bottom > b.bottom + slack) {
+      outside.push(describe(e) + " cut off by " + describe(a));
+    }
+    break;
+  }
+  const text = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim() !== "");
+  if (text) {
+    const size = parseFloat(style.fontSize);
+    if (size < minFont) { minFont = size; minFontElement = describe(e); }
+    if (style.overflow !== "visible" && (e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)) {
+      clipped.push(describe(e));
+    }
+    // Text wider than its box runs into its neighbours (an inline box is as wide as its text).
+    if (style.overflow === "visible" && style.display !== "inline" && e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+      outside.push(describe(e) + " is " + e.scrollWidth + " px wide in a box of " + e.clientWidth);
+    }
+  }
+}
+return {width: W, height: H, outside, minFont: minFont === Infinity ? 0 : minFont, minFontElement, clipped};
+"##;
 
 impl Drop for Browser {
     fn drop(&mut self) {
