@@ -589,11 +589,14 @@ fn warn_if_few_files(max_connections: usize) {
         return;
     }
     let needed = max_connections as u64 + FILES_BESIDES_HTTP;
-    if limit.rlim_cur < needed {
+    // rlim_t is u32 on 32-bit ARM (armv7) and u64 elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let current = u64::from(limit.rlim_cur);
+    if current < needed {
         log::warn!(
             "the open-files limit ({}) is below display.max-connections ({max_connections}) + {FILES_BESIDES_HTTP}: \
              under many connections the gateway could run out of files; lower display.max-connections or raise LimitNOFILE",
-            limit.rlim_cur
+            current
         );
     }
 }
