@@ -212,16 +212,28 @@ impl Session {
     /// Sends DISCONNECT (so the broker does not publish the last will) and waits briefly for it
     /// to leave.
     pub async fn disconnect(mut self) {
-        if self.client.disconnect().await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(event) = self.events.recv().await {
-                    if matches!(event, SessionEvent::Lost(_)) {
-                        break;
-                    }
+        disconnect_and_wait(&self.client, &mut self.events, |event| {
+            matches!(event, SessionEvent::Lost(_))
+        })
+        .await;
+    }
+}
+
+/// Sends DISCONNECT and waits up to 2 s for the event loop to report the connection gone.
+async fn disconnect_and_wait<E>(
+    client: &AsyncClient,
+    events: &mut mpsc::UnboundedReceiver<E>,
+    is_lost: impl Fn(&E) -> bool,
+) {
+    if client.disconnect().await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = events.recv().await {
+                if is_lost(&event) {
+                    break;
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
 }
 
@@ -774,16 +786,10 @@ impl Subscription {
 
     /// Sends DISCONNECT and waits briefly for it to leave.
     pub async fn disconnect(mut self) {
-        if self.client.disconnect().await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(event) = self.events.recv().await {
-                    if matches!(event, SubscriberEvent::Lost(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        disconnect_and_wait(&self.client, &mut self.events, |event| {
+            matches!(event, SubscriberEvent::Lost(_))
+        })
+        .await;
     }
 }
 

@@ -6,13 +6,12 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::display::start_gateway;
+use crate::display::{start_gateway, stdin_simulator};
 use crate::harness::http::{self, EventStream};
 use crate::harness::proxy::Mode;
-use crate::harness::{votegate_command, RunningChild};
+use crate::harness::RunningChild;
 use crate::uplink::{wait_for, Cloud};
 
 const RULE: &str = r#"
@@ -27,24 +26,7 @@ hold-down = "1s"
 const ALERTS_TOPIC: &str = "votegate/store-7/gw-uplink/alerts";
 
 fn simulator(cloud: &Cloud) -> RunningChild {
-    RunningChild::new(
-        votegate_command()
-            .args([
-                "simulate",
-                "--serial",
-                cloud.line.terminal_path.to_str().expect("utf-8"),
-                "--terminal",
-                "entrance",
-                "--stdin",
-                "--retransmit-ms",
-                "200",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("votegate simulate"),
-    )
+    stdin_simulator(&cloud.line.terminal_path, "entrance")
 }
 
 fn press(simulator: &mut RunningChild, buttons: &[u8]) {

@@ -79,6 +79,21 @@ pub fn start_gateway_with_env(config: &Path, env: &[(&str, &Path)]) -> (RunningC
     (gateway, addr)
 }
 
+/// `votegate simulate` as terminal `terminal` on `path`, pressing the buttons written to its
+/// stdin (retransmitting every 200 ms until acknowledged).
+pub fn stdin_simulator(path: &Path, terminal: &str) -> RunningChild {
+    RunningChild::new(
+        votegate_command()
+            .args(["simulate", "--serial", path.to_str().expect("utf-8")])
+            .args(["--terminal", terminal, "--stdin", "--retransmit-ms", "200"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("votegate simulate"),
+    )
+}
+
 impl Site {
     /// A running site.
     pub fn start(max_screens: usize) -> Site {
@@ -91,26 +106,7 @@ impl Site {
         );
         let clock = write_file(dir.path(), "clock", "synced=1 offset_ms=0");
         let (gateway, addr) = start_gateway_with_env(&config, &[(CLOCK_OVERRIDE_ENV, &clock)]);
-        let simulator = RunningChild::new(
-            votegate_command()
-                .args([
-                    "simulate",
-                    "--serial",
-                    line.terminal_path.to_str().expect("utf-8"),
-                ])
-                .args([
-                    "--terminal",
-                    "entrance",
-                    "--stdin",
-                    "--retransmit-ms",
-                    "200",
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("votegate simulate"),
-        );
+        let simulator = stdin_simulator(&line.terminal_path, "entrance");
         Site {
             dir,
             config,
