@@ -24,6 +24,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
 
     use crate::config::units::parse_duration;
+    use crate::ingest::metrics::{self, IngestMetrics};
     use crate::ingest::report::Report;
     use crate::ingest::store::Store;
     use crate::ingest::IngestConfig;
@@ -72,18 +73,31 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
                     }
                     signals.cancel();
                 });
+                let metrics = std::sync::Arc::new(IngestMetrics::default());
+                if let Some(addr) = config.metrics_listen {
+                    let listener = metrics::bind(addr).await.map_err(anyhow::Error::msg)?;
+                    log::info!("ingest: /metrics and /healthz on http://{}", listener.local_addr()?);
+                    tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+                    tokio::spawn(crate::ingest::consumer::watch_ledger(
+                        config.clone(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                    ));
+                }
                 log::info!(
-                    "votegate {} ingest: PostgreSQL {}, broker {}:{} ({}), subscription {}",
+                    "votegate {} ingest: PostgreSQL {} ({} connections), broker {}:{} ({}), subscription {}",
                     env!("CARGO_PKG_VERSION"),
                     crate::ingest::store::redact(&config.postgres_url),
+                    config.connections,
                     mqtt.host,
                     mqtt.port,
                     if mqtt.tls { "TLS" } else { "plain" },
                     mqtt.shared_filter()
                 );
-                crate::ingest::consumer::run(&config, &mqtt, shutdown).await;
+                crate::ingest::consumer::run(&config, &mqtt, metrics, shutdown).await;
                 log::info!("ingest stopped");
-            });
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(IngestCommand::Report {

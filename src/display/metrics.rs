@@ -36,14 +36,22 @@ pub async fn metrics(State(state): State<DisplayState>) -> Response {
         .into_response()
 }
 
-struct Exposition(String);
+/// Prometheus text being written (also the ingest's `/metrics`).
+pub(crate) struct Exposition(pub(crate) String);
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// `# HELP` and `# TYPE` of a family.
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    /// One sample; label values escaped.
+    pub(crate) fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         self.0.push_str(name);
         if !labels.is_empty() {
             let pairs: Vec<String> = labels
@@ -62,7 +70,14 @@ impl Exposition {
         let _ = writeln!(self.0, " {value}");
     }
 
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    /// A family of one unlabelled sample.
+    pub(crate) fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl std::fmt::Display,
+    ) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }

@@ -249,6 +249,37 @@ pub fn audit(
     audit
 }
 
+/// The ledger's live view of one gateway, for `/metrics`: every seq up to `contiguous` was
+/// accounted for when its batch committed (the ledger's mark), so only `runs` above it (and
+/// inside dropped ranges, to tell dropped from received) were read; `received` is the ledger's
+/// count of inserted votes. Unlike [`audit`] it cannot see a row deleted below the mark: the
+/// report reads the table itself.
+pub fn audit_live(
+    contiguous: u64,
+    received: u64,
+    runs: &[Span],
+    dropped: &[Span],
+    highest_known: Option<(u64, i64)>,
+    now_ms: i64,
+    grace_ms: i64,
+) -> Audit {
+    let vouched = (contiguous > 0).then_some(Span {
+        first: 1,
+        last: contiguous,
+        arrived_ms: now_ms,
+    });
+    // Runs read for the dropped ranges may lie below the mark: clipped, so spans do not overlap.
+    let above = runs.iter().filter(|r| r.last > contiguous).map(|r| Span {
+        first: r.first.max(contiguous + 1),
+        ..*r
+    });
+    let spans: Vec<Span> = vouched.into_iter().chain(above).collect();
+    let mut audit = audit(&spans, dropped, highest_known, now_ms, grace_ms);
+    audit.received = received;
+    audit.dropped = dropped_not_received(runs, dropped);
+    audit
+}
+
 /// The number of seqs inside the (possibly overlapping) dropped ranges that are not in `runs`.
 fn dropped_not_received(runs: &[Span], dropped: &[Span]) -> u64 {
     let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -394,5 +425,40 @@ mod tests {
         let whole = super::audit(&[span(1, 10, 0)], &[], Some((10, 0)), 10, 0);
         assert!(whole.missing.is_empty());
         assert_eq!(whole.highest, 10);
+    }
+
+    #[test]
+    fn the_live_view_trusts_the_mark_and_audits_above_it() {
+        let span = |first, last, arrived_ms| Span {
+            first,
+            last,
+            arrived_ms,
+        };
+        // Mark at 100; 101-110 received, 111-115 missing (old), 116-120 received; 40-49 were
+        // dropped, 45 of them arrived anyway.
+        let runs = [span(45, 45, 0), span(98, 110, 0), span(116, 120, 0)];
+        let dropped = [span(40, 49, 0), span(97, 97, 0)];
+        let live = audit_live(100, 111, &runs, &dropped, Some((120, 0)), 10_000, 1_000);
+        assert_eq!(live.received, 111);
+        assert_eq!(live.dropped, 10, "40-49 but 45, and 97");
+        assert_eq!(
+            live.missing,
+            [Gap {
+                first: 111,
+                last: 115
+            }]
+        );
+        assert!(live.pending.is_empty());
+        assert_eq!((live.contiguous_through, live.highest), (110, 120));
+        // The same gap, younger than the grace period, is pending.
+        let young = [span(101, 110, 0), span(116, 120, 9_500)];
+        let live = audit_live(100, 115, &young, &[], Some((120, 9_500)), 10_000, 1_000);
+        assert_eq!((live.missing_count(), live.pending_count()), (0, 5));
+        // Nothing above the mark: all accounted.
+        let live = audit_live(120, 120, &[], &[], Some((120, 0)), 10_000, 1_000);
+        assert_eq!(
+            (live.missing_count(), live.pending_count(), live.highest),
+            (0, 0, 120)
+        );
     }
 }

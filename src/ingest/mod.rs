@@ -8,13 +8,17 @@
 //! - [`ledger`]: the completeness arithmetic, pure; [`report`]: what `ingest report` prints;
 //! - [`consumer`]: MQTT (shared subscription, manual acks) → store, acknowledging after COMMIT.
 
+pub mod acks;
 pub mod consumer;
 pub mod ledger;
+pub mod metrics;
 pub mod report;
 pub mod schema;
 pub mod store;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -25,6 +29,10 @@ use crate::config::{ConfigError, Document};
 pub const DEFAULT_TOPIC: &str = "votegate/+/+/votes";
 /// The shared-subscription group when the config does not say.
 pub const DEFAULT_GROUP: &str = "votegate-ingest";
+/// PostgreSQL connections per replica when the config does not say.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// The most connections a replica may open.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The validated ingest config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +43,15 @@ pub struct IngestConfig {
     pub postgres_url: String,
     /// `[mqtt]`: needed to consume; `ingest report` works without it.
     pub mqtt: Option<MqttSettings>,
+    /// `connections`: PostgreSQL connections writing batches at once (default 4).
+    pub connections: usize,
+    /// `metrics-listen`: where `/metrics` and `/healthz` are served (none by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `ledger-interval`: how often `/metrics` reads the ledger (default 15 s).
+    pub ledger_interval: Duration,
+    /// `missing-grace`: in `/metrics`, a gap is missing (not pending) once the seq above it is
+    /// this old (default 5 min, as `ingest report --grace`).
+    pub missing_grace: Duration,
 }
 
 /// `[mqtt]`: the broker, as the gateway's `[uplink]` keys, plus the subscription.
@@ -72,6 +89,10 @@ impl MqttSettings {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawIngest {
     postgres_url: Spanned<String>,
+    connections: Option<Spanned<i64>>,
+    metrics_listen: Option<Spanned<String>>,
+    ledger_interval: Option<Spanned<String>>,
+    missing_grace: Option<Spanned<String>>,
     mqtt: Option<RawMqtt>,
 }
 
@@ -114,10 +135,60 @@ impl IngestConfig {
             ));
         }
         let mqtt = raw.mqtt.as_ref().map(|m| mqtt(&doc, m)).transpose()?;
+        let connections = match &raw.connections {
+            Some(n) => usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| {
+                    doc.invalid(
+                        "connections",
+                        n,
+                        format!("must be 1 to {MAX_CONNECTIONS}, found {}", n.get_ref()),
+                    )
+                })?,
+            None => DEFAULT_CONNECTIONS,
+        };
+        let metrics_listen = raw
+            .metrics_listen
+            .as_ref()
+            .map(|listen| {
+                listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    doc.invalid(
+                        "metrics-listen",
+                        listen,
+                        format!(
+                            "{:?} is not an address and port like \"127.0.0.1:9187\"",
+                            listen.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let duration = |key: &str, value: &Option<Spanned<String>>, default: Duration| match value {
+            Some(text) => crate::config::units::parse_duration(text.get_ref())
+                .map_err(|problem| doc.invalid(key, text, problem))
+                .and_then(|d| match d.is_zero() && key == "ledger-interval" {
+                    true => Err(doc.invalid(key, text, "must be longer than 0 s")),
+                    false => Ok(d),
+                }),
+            None => Ok(default),
+        };
         Ok(IngestConfig {
             path: path.to_path_buf(),
             postgres_url: url.to_string(),
             mqtt,
+            connections,
+            metrics_listen,
+            ledger_interval: duration(
+                "ledger-interval",
+                &raw.ledger_interval,
+                Duration::from_secs(15),
+            )?,
+            missing_grace: duration(
+                "missing-grace",
+                &raw.missing_grace,
+                Duration::from_secs(300),
+            )?,
         })
     }
 }
@@ -270,6 +341,26 @@ mod tests {
             mqtt.shared_filter(),
             "$share/votegate-ingest/votegate/+/+/votes"
         );
+        assert_eq!(config.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(
+            (config.ledger_interval, config.missing_grace),
+            (Duration::from_secs(15), Duration::from_secs(300))
+        );
+        let tuned = load(
+            "postgres-url = \"postgresql://db/votes\"\nconnections = 8\n\
+             metrics-listen = \"0.0.0.0:9187\"\nledger-interval = \"5s\"\nmissing-grace = \"1m\"\n",
+        )
+        .expect("valid");
+        assert_eq!(tuned.connections, 8);
+        assert_eq!(
+            tuned.metrics_listen,
+            Some("0.0.0.0:9187".parse().expect("addr"))
+        );
+        assert_eq!(
+            (tuned.ledger_interval, tuned.missing_grace),
+            (Duration::from_secs(5), Duration::from_secs(60))
+        );
     }
 
     #[test]
@@ -301,6 +392,17 @@ mod tests {
             err.contains("line 4") && err.contains("mqtt.group"),
             "{err}"
         );
+        for (line, key) in [
+            ("connections = 0", "connections"),
+            ("connections = 65", "connections"),
+            ("metrics-listen = \"localhost\"", "metrics-listen"),
+            ("ledger-interval = \"0s\"", "ledger-interval"),
+            ("missing-grace = \"soon\"", "missing-grace"),
+        ] {
+            let err =
+                load(&format!("postgres-url = \"postgresql://db\"\n{line}\n")).expect_err(line);
+            assert!(err.contains("line 2") && err.contains(key), "{line}: {err}");
+        }
         let err = load("[mqtt]\nhost = \"b\"\n").expect_err("no url");
         assert!(err.contains("postgres-url"), "{err}");
     }

@@ -53,16 +53,42 @@ pub struct Report {
 impl Report {
     /// Audits every gateway: a gap is missing once the span above it is `grace_ms` old.
     pub fn build(records: &[GatewayRecord], now_ms: i64, grace_ms: i64) -> Report {
+        Report::from_audits(records, grace_ms, |record| {
+            ledger::audit(
+                &record.runs,
+                &record.dropped,
+                record.highest_known,
+                now_ms,
+                grace_ms,
+            )
+        })
+    }
+
+    /// The ledger's live view (`/metrics`), from [`super::store::Store::live_records`]: trusts
+    /// each gateway's contiguous mark ([`ledger::audit_live`]).
+    pub fn build_live(records: &[GatewayRecord], now_ms: i64, grace_ms: i64) -> Report {
+        Report::from_audits(records, grace_ms, |record| {
+            ledger::audit_live(
+                record.contiguous_through,
+                record.inserted,
+                &record.runs,
+                &record.dropped,
+                record.highest_known,
+                now_ms,
+                grace_ms,
+            )
+        })
+    }
+
+    fn from_audits(
+        records: &[GatewayRecord],
+        grace_ms: i64,
+        audit_of: impl Fn(&GatewayRecord) -> ledger::Audit,
+    ) -> Report {
         let gateways: Vec<GatewayReport> = records
             .iter()
             .map(|record| {
-                let audit = ledger::audit(
-                    &record.runs,
-                    &record.dropped,
-                    record.highest_known,
-                    now_ms,
-                    grace_ms,
-                );
+                let audit = audit_of(record);
                 GatewayReport {
                     gateway_id: record.gateway_id.clone(),
                     site: record.site.clone(),

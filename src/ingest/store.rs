@@ -432,8 +432,21 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Every gateway's runs, dropped ranges and ledger row, and the server's clock (Unix ms).
+    /// Every gateway's runs, dropped ranges and ledger row, and the server's clock (Unix ms):
+    /// what `ingest report` audits. Reads every row of `votes`.
     pub async fn gateway_records(&self) -> Result<(i64, Vec<GatewayRecord>), StoreError> {
+        self.records(ALL_RUNS).await
+    }
+
+    /// Like [`Store::gateway_records`], but with only the runs the ledger does not vouch for:
+    /// above each gateway's contiguous mark, and inside reported dropped ranges (to tell dropped
+    /// from received). Index range scans only, so `/metrics` can afford it every few seconds;
+    /// [`ledger::audit_live`] makes the audit of it.
+    pub async fn live_records(&self) -> Result<(i64, Vec<GatewayRecord>), StoreError> {
+        self.records(LIVE_RUNS).await
+    }
+
+    async fn records(&self, runs_query: &str) -> Result<(i64, Vec<GatewayRecord>), StoreError> {
         let ms = |column: &str| format!("(extract(epoch FROM {column}) * 1000)::bigint");
         let now: i64 = self
             .client
@@ -479,7 +492,7 @@ impl Store {
                     "SELECT gateway_id, min(seq), max(seq), {} FROM (
                          SELECT gateway_id, seq, received_at,
                                 seq - row_number() OVER (PARTITION BY gateway_id ORDER BY seq) AS run
-                         FROM votes) r
+                         FROM ({runs_query}) s) r
                      GROUP BY gateway_id, run ORDER BY gateway_id, 2",
                     ms("min(received_at)")
                 ),
@@ -537,6 +550,19 @@ impl Store {
         Ok((now, records.into_values().collect()))
     }
 }
+
+/// The votes `ingest report` audits: all of them.
+const ALL_RUNS: &str = "SELECT gateway_id, seq, received_at FROM votes";
+
+/// The votes the ledger does not vouch for: above the contiguous mark, or inside a reported
+/// dropped range. Each part is an index range scan per gateway (or per range).
+const LIVE_RUNS: &str = "
+SELECT v.gateway_id, v.seq, v.received_at
+FROM gateway_ledger l JOIN votes v ON v.gateway_id = l.gateway_id AND v.seq > l.contiguous_through
+UNION
+SELECT v.gateway_id, v.seq, v.received_at
+FROM dropped_ranges d JOIN votes v
+  ON v.gateway_id = d.gateway_id AND v.seq BETWEEN d.first_seq AND d.last_seq";
 
 fn span(first: i64, last: i64, arrived_ms: i64) -> Span {
     Span {

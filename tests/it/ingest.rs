@@ -710,3 +710,134 @@ fn two_replicas_in_one_group_split_the_batches_and_a_killed_one_loses_none() {
     }
     drop((a, b));
 }
+
+/// The value of one sample of the exposition text, e.g. `votegate_ingest_ledger_missing`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_show_what_the_replica_did_and_the_ledgers_missing_and_dropped_seqs() {
+    let s = setup();
+    let pki = Pki::generate(s.files.path());
+    let broker = Mosquitto::start(s.files.path(), &pki, "");
+    let config = mqtt_config(&s, &broker, &pki, "ingest-m");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text = text.replacen(
+        "[mqtt]",
+        "metrics-listen = \"127.0.0.1:0\"\nledger-interval = \"200ms\"\nmissing-grace = \"0s\"\nconnections = 3\n[mqtt]",
+        1,
+    );
+    std::fs::write(&config, text).expect("config");
+    let ingest = start_ingest(&config);
+    let line = ingest
+        .wait_for_stderr(
+            "/metrics and /healthz on http://",
+            std::time::Duration::from_secs(5),
+        )
+        .expect("the metrics address is logged");
+    let addr: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("an address");
+    assert_eq!(crate::harness::http::get(addr, "/healthz").status, 200);
+
+    // gw-0: 1-10 and 21-30 (11-20 never arrive); gw-1: 1-10, then 16-20 reporting 11-15 dropped.
+    let batches = [
+        ("gw-0", batch("gw-0", 1..=10, &[])),
+        ("gw-0", batch("gw-0", 21..=30, &[])),
+        ("gw-1", batch("gw-1", 1..=10, &[])),
+        ("gw-1", batch("gw-1", 16..=20, &[(11, 15)])),
+        ("gw-1", batch("gw-1", 16..=20, &[(11, 15)])),
+    ];
+    for (n, (gateway, payload)) in batches.iter().enumerate() {
+        let path = s.files.path().join(format!("m-{n}"));
+        std::fs::write(&path, encode(payload, PayloadFormat::Postcard)).expect("write");
+        publish(
+            &broker,
+            &pki,
+            &format!("votegate/store-042/{gateway}/votes"),
+            &path,
+        );
+    }
+    wait_for_votes(&s.pg, 35, &ingest);
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let expected = [
+        ("votegate_ingest_batches_total", 5.0),
+        ("votegate_ingest_votes_inserted_total", 35.0),
+        ("votegate_ingest_duplicates_total", 5.0),
+        ("votegate_ingest_database_connections", 3.0),
+        ("votegate_ingest_subscribed", 1.0),
+        ("votegate_ingest_unacknowledged_messages", 0.0),
+        ("votegate_ingest_ledger_missing", 10.0),
+        (
+            "votegate_ingest_gateway_missing{gateway=\"gw-0\",site=\"store-042\"}",
+            10.0,
+        ),
+        (
+            "votegate_ingest_gateway_dropped{gateway=\"gw-1\",site=\"store-042\"}",
+            5.0,
+        ),
+        (
+            "votegate_ingest_gateway_missing{gateway=\"gw-1\",site=\"store-042\"}",
+            0.0,
+        ),
+        (
+            "votegate_ingest_gateway_contiguous_through{gateway=\"gw-0\",site=\"store-042\"}",
+            10.0,
+        ),
+        (
+            "votegate_ingest_gateway_contiguous_through{gateway=\"gw-1\",site=\"store-042\"}",
+            20.0,
+        ),
+        (
+            "votegate_ingest_gateway_received{gateway=\"gw-1\",site=\"store-042\"}",
+            15.0,
+        ),
+        ("votegate_ingest_commit_delay_seconds_count", 4.0),
+    ];
+    loop {
+        let text = crate::harness::http::get(addr, "/metrics").body;
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(series, value)| sample(&text, series) != Some(*value))
+            .map(|(series, value)| {
+                format!("{series}: {:?}, expected {value}", sample(&text, series))
+            })
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{wrong:#?}\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The report says the same.
+    let (code, report) = s.report("0s");
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(gateway(&report, "gw-0")["missing"], 10, "{report}");
+    assert_eq!(gateway(&report, "gw-1")["dropped"], 5, "{report}");
+
+    // PostgreSQL gone: /healthz says so.
+    let mut pg = s.pg;
+    pg.shut_down();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let response = crate::harness::http::get(addr, "/healthz");
+        if response.status == 503 {
+            assert!(response.body.contains("PostgreSQL"), "{}", response.body);
+            break;
+        }
+        // A failure shows once the consumer touches the database: send it a batch.
+        let path = s.files.path().join("m-late");
+        std::fs::write(
+            &path,
+            encode(&batch("gw-0", 31..=31, &[]), PayloadFormat::Postcard),
+        )
+        .expect("write");
+        publish(&broker, &pki, "votegate/store-042/gw-0/votes", &path);
+        assert!(Instant::now() < deadline, "{}", ingest.stderr_so_far());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
