@@ -8,6 +8,8 @@ mod browser;
 mod bus;
 mod check_files;
 mod cli;
+#[cfg(feature = "ingest")]
+mod cloud;
 mod config_files;
 mod display;
 mod filter;

@@ -15,6 +15,7 @@ pub struct Mosquitto {
     pub addr: SocketAddr,
     /// Its log file.
     pub log: PathBuf,
+    config: PathBuf,
     process: Option<RunningChild>,
 }
 
@@ -39,7 +40,7 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "user root\nper_listener_settings false\nallow_anonymous false\npersistence false\n\
+                "user root\nper_listener_settings false\nallow_anonymous false\n{persistence}\
                  log_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
                  listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
                  require_certificate true\nuse_identity_as_username true\n{extra}\n",
@@ -47,36 +48,74 @@ impl Mosquitto {
                 ca = pki.ca.display(),
                 cert = pki.server_cert.display(),
                 key = pki.server_key.display(),
+                persistence = match extra.contains("persistence true") {
+                    true => "",
+                    false => "persistence false\n",
+                },
             ),
         )
         .expect("write mosquitto.conf");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut broker = Mosquitto {
+            addr,
+            log,
+            config,
+            process: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// Starts a broker that keeps its sessions and queued messages across a restart
+    /// ([`Mosquitto::restart`]), as a production broker must.
+    pub fn start_persistent(dir: &Path, pki: &Pki, extra: &str) -> Mosquitto {
+        let store = dir.join("mosquitto-db");
+        std::fs::create_dir_all(&store).expect("mosquitto-db");
+        Mosquitto::start(
+            dir,
+            pki,
+            &format!(
+                "persistence true\npersistence_location {}/\n{extra}",
+                store.display()
+            ),
+        )
+    }
+
+    /// Stops the broker cleanly (SIGTERM: a persistent one saves its state) and starts it again
+    /// on the same port.
+    pub fn restart(&mut self) {
+        if let Some(process) = self.process.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(process.pid() as i32, libc::SIGTERM) };
+            let (status, _) = process.wait(Duration::from_secs(10));
+            assert!(status.is_some(), "mosquitto did not stop on SIGTERM");
+        }
+        self.launch();
+    }
+
+    fn launch(&mut self) {
         let process = RunningChild::new(
             Command::new(binary())
                 .arg("-c")
-                .arg(&config)
+                .arg(&self.config)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("mosquitto starts"),
         );
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let addr = self.addr;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(addr).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "mosquitto did not listen on {addr}: {}\n{}",
                 process.stderr_so_far(),
-                std::fs::read_to_string(&log).unwrap_or_default()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto {
-            addr,
-            log,
-            process: Some(process),
-        }
+        self.process = Some(process);
     }
-
     /// The broker's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -177,19 +177,34 @@ impl Postgres {
 
     /// Runs SQL with `psql` and returns its unaligned, tuples-only output (`|` between columns).
     pub fn psql(&self, sql: &str) -> String {
+        let output = check(
+            &format!("psql {sql:?}"),
+            self.psql_command().args(["-c", sql]).output(),
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A `psql` reading SQL from its stdin (piped), e.g. to hold a transaction open.
+    pub fn psql_session(&self) -> std::process::Child {
+        self.psql_command()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql starts")
+    }
+
+    fn psql_command(&self) -> Command {
         let psql = [self.bin.join("psql"), PathBuf::from("/usr/bin/psql")]
             .into_iter()
             .find(|p| p.exists())
             .expect("psql (apt-get install postgresql-client)");
-        let output = check(
-            &format!("psql {sql:?}"),
-            Command::new(psql)
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.dir.path())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-c", sql])
-                .output(),
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        let mut command = Command::new(psql);
+        command
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        command
     }
 }
 
