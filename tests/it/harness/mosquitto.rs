@@ -116,6 +116,11 @@ impl Mosquitto {
         }
         self.process = Some(process);
     }
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(RunningChild::pid)
+    }
+
     /// The broker's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

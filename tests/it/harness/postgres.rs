@@ -15,6 +15,8 @@ pub struct Postgres {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     running: bool,
+    /// More `-c name=value` server options (after the defaults, so they win).
+    options: String,
 }
 
 /// The folder holding `initdb`, `pg_ctl` and `postgres`: Debian's newest
@@ -79,6 +81,11 @@ fn check(what: &str, output: std::io::Result<Output>) -> Output {
 impl Postgres {
     /// Creates a cluster and starts it (about 2 s: initdb is most of it).
     pub fn start() -> Postgres {
+        Postgres::start_with("")
+    }
+
+    /// [`Postgres::start`] with more server options, e.g. `-c shared_buffers=256MB` (benchmarks).
+    pub fn start_with(options: &str) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
         if is_root() {
@@ -113,6 +120,7 @@ impl Postgres {
             dir,
             bin,
             running: false,
+            options: options.to_string(),
         };
         postgres.start_again();
         postgres
@@ -122,9 +130,10 @@ impl Postgres {
     pub fn start_again(&mut self) {
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c shared_buffers=16MB -c fsync=on \
-             -c max_connections=50",
+             -c max_connections=50 {extra}",
             port = self.port,
-            dir = self.dir.path().display()
+            dir = self.dir.path().display(),
+            extra = self.options,
         );
         check(
             "pg_ctl start",
