@@ -174,6 +174,16 @@ impl RunningChild {
     }
 }
 
+impl Drop for RunningChild {
+    /// A child still running when its test ends (or panics) is killed, never left behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn drain(
     pipe: Option<impl std::io::Read + Send + 'static>,
     into: Arc<Mutex<String>>,
