@@ -9,6 +9,7 @@
 //! - [`consumer`]: MQTT (shared subscription, manual acks) → store, acknowledging after COMMIT.
 
 pub mod consumer;
+pub mod fleet;
 pub mod ledger;
 pub mod report;
 pub mod schema;

@@ -11,6 +11,8 @@ mod cli;
 mod config_files;
 mod display;
 mod filter;
+#[cfg(feature = "ingest")]
+mod fleet;
 mod gpio;
 mod harness;
 mod health;
