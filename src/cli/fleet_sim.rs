@@ -34,6 +34,7 @@ pub fn fleet_sim(args: FleetSimArgs) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "ingest")]
 mod run {
     use std::process::ExitCode;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,9 +152,14 @@ mod run {
             stop: start + duration,
             deadline: start + duration + drain,
             interrupt: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            give_up: CancellationToken::new(),
         };
-        let interrupt = times.interrupt.clone();
+        let interrupted_ms = Arc::new(AtomicU64::new(0));
+        let (interrupt, give_up, at) = (
+            times.interrupt.clone(),
+            times.give_up.clone(),
+            interrupted_ms.clone(),
+        );
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             if let (Ok(mut term), Ok(mut int)) = (
@@ -165,9 +171,16 @@ mod run {
                     _ = int.recv() => {}
                 }
                 log::info!(
-                    "fleet-sim: stopping: no new votes; waiting for the outstanding batches"
+                    "fleet-sim: stopping: no new votes; waiting up to {drain:?} for the outstanding batches"
                 );
+                at.store(wall_ms(), Ordering::Relaxed);
                 interrupt.cancel();
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    _ = tokio::time::sleep(drain) => {}
+                }
+                give_up.cancel();
             }
         });
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -193,13 +206,17 @@ mod run {
         if let Some(err) = fatal {
             anyhow::bail!("a simulated gateway cannot connect: {err}");
         }
-        let stopped_ms = started_ms + duration.as_millis() as u64;
+        let ended_ms = wall_ms();
+        let stopped_ms = match interrupted_ms.load(Ordering::Relaxed) {
+            0 => started_ms + duration.as_millis() as u64,
+            at => at,
+        };
         Ok(FleetSummary::new(
             lines,
             seed,
             started_ms,
-            stopped_ms.min(wall_ms()),
-            wall_ms(),
+            stopped_ms.min(ended_ms),
+            ended_ms,
         ))
     }
 
@@ -212,8 +229,9 @@ mod run {
         deadline: Instant,
         /// SIGINT or SIGTERM: votes stop being made now.
         interrupt: CancellationToken,
-        /// A gateway met a configuration fault: everyone stops.
-        abort: CancellationToken,
+        /// Stop waiting now: a gateway met a configuration fault, or the wait after an
+        /// interrupt is over (or a second signal came).
+        give_up: CancellationToken,
     }
 
     /// What a gateway task returns: its sim, and the fault that stopped the run, if one did.
@@ -231,7 +249,7 @@ mod run {
         let mut rng = sim.fork_rng();
         let mut backoff = Backoff::new(Duration::from_millis(200), settings.backoff_cap);
         tokio::select! {
-            _ = times.abort.cancelled() => return Ok(sim),
+            _ = times.give_up.cancelled() => return Ok(sim),
             _ = sleep_until(begin) => {}
         }
         let far = begin + Duration::from_secs(365 * 24 * 3600);
@@ -248,7 +266,7 @@ mod run {
             let connected = session.is_some() && sim.is_connected();
             tokio::select! {
                 biased;
-                _ = times.abort.cancelled() => break,
+                _ = times.give_up.cancelled() => break,
                 _ = sleep_until(times.deadline) => break,
                 _ = times.interrupt.cancelled(), if making => continue,
                 _ = sleep_until(times.stop), if making => continue,
@@ -269,7 +287,7 @@ mod run {
                         session = None;
                         sim.lost(false);
                         if !ever_connected && err.fault() == FaultKind::Configuration {
-                            times.abort.cancel();
+                            times.give_up.cancel();
                             return Err((sim, err));
                         }
                         let delay = backoff.next_delay(&mut rng);
@@ -302,7 +320,7 @@ mod run {
                     match Session::open(&settings) {
                         Ok(opened) => session = Some(opened),
                         Err(err) => {
-                            times.abort.cancel();
+                            times.give_up.cancel();
                             return Err((sim, err));
                         }
                     }

@@ -340,3 +340,55 @@ fn without_a_broker_the_fleet_sim_exits_1_and_counts_what_it_could_not_deliver()
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn sigint_stops_the_votes_and_the_fleet_sim_still_waits_for_every_ack() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::generate(dir.path());
+    let broker = Mosquitto::start(dir.path(), &pki, "");
+    let gateway = (pki.gateway_cert.as_path(), pki.gateway_key.as_path());
+    let config = config(
+        dir.path(),
+        "fleet",
+        "postgresql://unused@127.0.0.1/none",
+        broker.addr.port(),
+        &pki,
+        gateway,
+    );
+    let summary_path = dir.path().join("summary.json");
+    let sim = RunningChild::new(
+        votegate_command()
+            .args([
+                "fleet-sim",
+                "--gateways",
+                "5",
+                "--rate",
+                "20",
+                "--format",
+                "json",
+            ])
+            .args(["--duration", "10m", "--config"])
+            .arg(&config)
+            .arg("--summary")
+            .arg(&summary_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("votegate fleet-sim starts"),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(unsafe { libc::kill(sim.pid() as i32, libc::SIGINT) }, 0);
+    let (status, stderr) = sim.wait(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).expect("summary"))
+            .expect("JSON");
+    let made_for = u64_of(&summary, "stopped_ms") - u64_of(&summary, "started_ms");
+    assert!((2000..6000).contains(&made_for), "{made_for} ms");
+    let totals = &summary["totals"];
+    assert!(u64_of(totals, "votes_acked") > 0, "{totals}");
+    assert_eq!(
+        u64_of(totals, "votes_acked"),
+        u64_of(totals, "votes_created")
+    );
+}
