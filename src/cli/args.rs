@@ -106,7 +106,8 @@ pub struct FleetSimArgs {
     /// Mean votes per batch (each tick makes 50 to 150 % of it, at least 1).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub votes_per_batch: u32,
-    /// How long to make votes (e.g. `30s`, `10m`); then every batch is waited for.
+    /// How long to make votes (e.g. `30s`, `10m`); then every batch is waited for. Gateways
+    /// connect (and start ticking) spread over the first 2 s.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub duration: String,
     /// Terminals per gateway (`t1`…).
