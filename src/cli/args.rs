@@ -70,6 +70,77 @@ pub enum Command {
     /// The cloud-side reference consumer: batches from MQTT into PostgreSQL, and the completeness
     /// report (in builds with the cargo feature `ingest`).
     Ingest(IngestArgs),
+    /// Simulate a fleet of gateways publishing real batches to a broker over MQTT, for testing
+    /// and measuring the ingest (in builds with the cargo feature `ingest`).
+    FleetSim(FleetSimArgs),
+}
+
+/// How `fleet-sim` encodes batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimFormat {
+    /// postcard: compact binary (the gateway's default).
+    Postcard,
+    /// JSON.
+    Json,
+}
+
+/// `votegate fleet-sim`: N simulated gateways in one process, each its own MQTT session.
+#[derive(Debug, clap::Args)]
+pub struct FleetSimArgs {
+    /// An ingest config file: its `[mqtt]` table gives the broker and the one identity every
+    /// simulated gateway uses (its `postgres-url` is required by the format, and not used).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// How many gateways.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub gateways: usize,
+    /// Gateway ids (and MQTT client ids) are `PREFIX-0001`, `PREFIX-0002`…
+    #[arg(long, default_value = "sim", value_name = "PREFIX")]
+    pub gateway_prefix: String,
+    /// How many sites; gateway n belongs to `site-{n % sites}`. Default: gateways / 10, rounded up.
+    #[arg(long, value_name = "N")]
+    pub sites: Option<usize>,
+    /// Batches per second per gateway (ticks at a random phase, ±10 % jitter).
+    #[arg(long, default_value_t = 1.0, value_name = "PER_SECOND")]
+    pub rate: f64,
+    /// Mean votes per batch (each tick makes 50 to 150 % of it, at least 1).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub votes_per_batch: u32,
+    /// How long to make votes (e.g. `30s`, `10m`); then every batch is waited for. Gateways
+    /// connect (and start ticking) spread over the first 2 s.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub duration: String,
+    /// Terminals per gateway (`t1`…).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub terminals: u32,
+    /// Probability per acknowledged batch of publishing it again, byte for byte (a lost PubAck).
+    #[arg(long, default_value_t = 0.01, value_name = "P")]
+    pub redeliver: f64,
+    /// Probability per batch of dropping a run of 1 to 50 seqs first (reported in `dropped`).
+    #[arg(long, default_value_t = 0.001, value_name = "P")]
+    pub drop: f64,
+    /// Mean deliberate reconnects per gateway per hour (unacknowledged batches go again).
+    #[arg(long, default_value_t = 6.0, value_name = "PER_HOUR")]
+    pub reconnect: f64,
+    /// Unacknowledged batches per gateway at most; beyond it votes wait for the next batch.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_in_flight: usize,
+    /// Payload encoding.
+    #[arg(long, value_enum, default_value_t = SimFormat::Postcard)]
+    pub format: SimFormat,
+    /// Write the ground truth here as JSON: per gateway first_seq, last_seq, votes_acked,
+    /// dropped ranges, batches, redelivered_batches, reconnects; totals; started_ms, ended_ms.
+    #[arg(long, value_name = "PATH")]
+    pub summary: Option<PathBuf>,
+    /// Seed for every random decision (printed when not given), to replay a run.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Every gateway's first seq.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub start_seq: u64,
+    /// After `--duration`, how long to wait for outstanding batches to be acknowledged.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub drain_timeout: String,
 }
 
 /// `votegate ingest`.

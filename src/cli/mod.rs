@@ -3,6 +3,7 @@
 pub mod args;
 pub mod check;
 pub mod decode;
+pub mod fleet_sim;
 pub mod ingest;
 pub mod run;
 pub mod simulate;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { url, json } => status::status(&url, json),
         Command::Decode { file } => decode::decode(file.as_deref()),
         Command::Ingest(args) => ingest::ingest(args),
+        Command::FleetSim(args) => fleet_sim::fleet_sim(args),
     }
 }
 

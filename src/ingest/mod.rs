@@ -10,6 +10,7 @@
 
 pub mod acks;
 pub mod consumer;
+pub mod fleet;
 pub mod ledger;
 pub mod metrics;
 pub mod report;

@@ -13,6 +13,8 @@ mod cloud;
 mod config_files;
 mod display;
 mod filter;
+#[cfg(feature = "ingest")]
+mod fleet;
 mod gpio;
 mod harness;
 mod health;
