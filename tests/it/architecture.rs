@@ -78,8 +78,12 @@ fn tokio_postgres_is_imported_only_by_the_ingest_store() {
 
 #[test]
 fn axum_and_hyper_stay_in_the_display() {
+    // The cloud ingest's /metrics is the one HTTP server outside the gateway's display.
     for file in files_mentioning("axum") {
-        assert!(file.starts_with("display/"), "{file} uses axum");
+        assert!(
+            file.starts_with("display/") || file == "ingest/metrics.rs",
+            "{file} uses axum"
+        );
     }
     assert_eq!(files_mentioning("hyper"), ["display/server.rs"]);
 }
@@ -113,6 +117,10 @@ fn pure_modules_do_no_io() {
         "uplink/batch.rs",
         "uplink/inflight.rs",
         "uplink/ratelimit.rs",
+        "ingest/acks.rs",
+        "ingest/fleet.rs",
+        "ingest/ledger.rs",
+        "ingest/report.rs",
     ];
     let io = [
         "std::fs",
