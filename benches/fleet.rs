@@ -280,9 +280,18 @@ fn run(settings: &Settings, replicas: usize, kill: bool) -> String {
         sim_cpu = common::usage(sim.pid()).0.max(sim_cpu);
         pg_cpu = cpu_with_children(postmaster).max(pg_cpu);
         if kill && !killed && started.elapsed() > Duration::from_secs(settings.seconds / 2) {
+            let text = harness::http::get(group[0].metrics.expect("metrics"), "/metrics").body;
+            let pending = text
+                .lines()
+                .find_map(|l| l.strip_prefix("votegate_ingest_unacknowledged_messages "))
+                .unwrap_or("?")
+                .to_string();
             group[0].kill();
             killed = true;
-            eprintln!("fleet: replica 1 killed at {:?}", started.elapsed());
+            eprintln!(
+                "fleet: replica 1 killed at {:?} with {pending} messages unacknowledged",
+                started.elapsed()
+            );
             std::thread::sleep(Duration::from_secs(3));
             group[0].start();
             eprintln!("fleet: replica 1 back at {:?}", started.elapsed());
