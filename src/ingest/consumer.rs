@@ -66,8 +66,9 @@ pub fn subscriber_settings(mqtt: &MqttSettings) -> SubscriberSettings {
     }
 }
 
-/// Batches waiting for each connection, at most: beyond it the consumer stops reading from the
-/// broker (which then holds the rest, within its in-flight window).
+/// Batches waiting for each connection, at most. Beyond it the dispatcher waits; what the broker
+/// sends meanwhile waits in the subscription's channel, bounded by the broker's in-flight window
+/// for this client (Mosquitto: `max_inflight_messages`, which must stay finite: README).
 const QUEUE_PER_CONNECTION: usize = 8;
 
 /// How long a shutdown waits for the batches being written, to acknowledge them.
@@ -149,6 +150,8 @@ async fn connection(
         ));
         queues.push(job_tx);
     }
+    // Only the writers hold senders now: the channel closes if they all end (a panic, say).
+    drop(done_tx);
     let mut subscription = Subscription::open(settings)?;
     let mut order: AckOrder<Delivery> = AckOrder::default();
     loop {
@@ -160,7 +163,11 @@ async fn connection(
             }
             done = done_rx.recv() => {
                 let Some(done) = done else {
-                    return Err(UplinkError::Closed("the writers ended".into()).into());
+                    return Err(StoreError::Query {
+                        what: "write batches",
+                        cause: "every writer task ended".into(),
+                    }
+                    .into());
                 };
                 if let Some(err) = done.failure {
                     return Err(err.into());
@@ -202,12 +209,31 @@ async fn connection(
             }
             Ok(batch) => {
                 let queue = &queues[connection_for(&batch.gateway_id, queues.len())];
-                if queue.send(Job { ticket, batch }).await.is_err() {
-                    return Err(UplinkError::Closed("a writer ended".into()).into());
+                let sent = tokio::select! {
+                    // A writer stuck on a hung database must not hold up a shutdown.
+                    _ = shutdown.cancelled() => return Ok(()),
+                    sent = queue.send(Job { ticket, batch }) => sent,
+                };
+                if sent.is_err() {
+                    return Err(writer_ended(&mut done_rx));
                 }
             }
         }
     }
+}
+
+/// Why a writer's queue closed: its database error, waiting in `done_rx`.
+fn writer_ended(done_rx: &mut mpsc::UnboundedReceiver<Done>) -> ConsumeError {
+    while let Ok(done) = done_rx.try_recv() {
+        if let Some(err) = done.failure {
+            return err.into();
+        }
+    }
+    StoreError::Query {
+        what: "write batches",
+        cause: "a writer task ended".into(),
+    }
+    .into()
 }
 
 /// Marks `ticket` finished and acknowledges what may be acknowledged now, in arrival order.

@@ -28,6 +28,14 @@ pub enum BatchError {
         /// `gateway_id`, `site` or `terminal`.
         field: &'static str,
     },
+    /// PostgreSQL's `text` cannot hold a NUL character.
+    #[error("batch {batch_id}: a NUL character in `{field}`")]
+    NulInField {
+        /// The batch.
+        batch_id: u64,
+        /// `gateway_id` or `site`.
+        field: &'static str,
+    },
     /// Seqs must be 1 to 2⁶³ − 1 and strictly increasing.
     #[error("batch {batch_id} of gateway {gateway_id}: seq {seq} {problem}")]
     BadSeq {
@@ -62,6 +70,9 @@ pub fn validate(batch: &BatchPayload) -> Result<(), BatchError> {
         if value.is_empty() {
             return Err(BatchError::EmptyField { batch_id, field });
         }
+        if value.contains('\0') {
+            return Err(BatchError::NulInField { batch_id, field });
+        }
     }
     let bad_seq = |seq, problem| BatchError::BadSeq {
         gateway_id: batch.gateway_id.clone(),
@@ -86,6 +97,10 @@ pub fn validate(batch: &BatchPayload) -> Result<(), BatchError> {
         };
         if vote.terminal.is_empty() {
             return Err(bad_vote("empty terminal".into()));
+        }
+        // PostgreSQL's text cannot hold NUL: such a batch would fail forever, unacknowledged.
+        if vote.terminal.contains('\0') {
+            return Err(bad_vote("a NUL character in the terminal".into()));
         }
         if !(1..=4).contains(&vote.button) {
             return Err(bad_vote(format!("button {} is not 1 to 4", vote.button)));
@@ -364,6 +379,16 @@ mod tests {
         assert!(validate(&b).is_err());
         let mut b = batch(&[1], &[]);
         b.gateway_id.clear();
+        assert!(validate(&b).is_err());
+        // PostgreSQL refuses NUL in text: such a batch would fail (unacknowledged) forever.
+        let mut b = batch(&[1], &[]);
+        b.site.push('\0');
+        assert_eq!(
+            validate(&b).map_err(|e| e.to_string()),
+            Err("batch 1: a NUL character in `site`".to_string())
+        );
+        let mut b = batch(&[1], &[]);
+        b.votes[0].terminal = "t\u{0}1".into();
         assert!(validate(&b).is_err());
     }
 

@@ -446,7 +446,33 @@ impl Store {
         self.records(LIVE_RUNS).await
     }
 
+    /// Reads everything in one snapshot: a batch committing between two reads (moving a mark
+    /// over a gap) would otherwise look like a gap.
     async fn records(&self, runs_query: &str) -> Result<(i64, Vec<GatewayRecord>), StoreError> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(query_error("BEGIN (a snapshot for the report)"))?;
+        match self.records_in_snapshot(runs_query).await {
+            Ok(records) => {
+                self.client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(query_error("end the report's snapshot"))?;
+                Ok(records)
+            }
+            Err(err) => {
+                // The first error says what went wrong; the connection may be gone anyway.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn records_in_snapshot(
+        &self,
+        runs_query: &str,
+    ) -> Result<(i64, Vec<GatewayRecord>), StoreError> {
         let ms = |column: &str| format!("(extract(epoch FROM {column}) * 1000)::bigint");
         let now: i64 = self
             .client
@@ -555,14 +581,19 @@ impl Store {
 const ALL_RUNS: &str = "SELECT gateway_id, seq, received_at FROM votes";
 
 /// The votes the ledger does not vouch for: above the contiguous mark, or inside a reported
-/// dropped range. Each part is an index range scan per gateway (or per range).
+/// dropped range. `LATERAL … OFFSET 0` keeps each part a primary-key range scan per gateway (or
+/// per range): joined plainly, the planner cannot see how few rows lie above a mark and may scan
+/// the whole table.
 const LIVE_RUNS: &str = "
-SELECT v.gateway_id, v.seq, v.received_at
-FROM gateway_ledger l JOIN votes v ON v.gateway_id = l.gateway_id AND v.seq > l.contiguous_through
+SELECT l.gateway_id, v.seq, v.received_at
+FROM gateway_ledger l CROSS JOIN LATERAL (
+    SELECT seq, received_at FROM votes
+    WHERE gateway_id = l.gateway_id AND seq > l.contiguous_through OFFSET 0) v
 UNION
-SELECT v.gateway_id, v.seq, v.received_at
-FROM dropped_ranges d JOIN votes v
-  ON v.gateway_id = d.gateway_id AND v.seq BETWEEN d.first_seq AND d.last_seq";
+SELECT d.gateway_id, v.seq, v.received_at
+FROM dropped_ranges d CROSS JOIN LATERAL (
+    SELECT seq, received_at FROM votes
+    WHERE gateway_id = d.gateway_id AND seq BETWEEN d.first_seq AND d.last_seq OFFSET 0) v";
 
 fn span(first: i64, last: i64, arrived_ms: i64) -> Span {
     Span {

@@ -204,27 +204,43 @@ fn count(pg: &Postgres, sql: &str) -> u64 {
     pg.psql(sql).parse().unwrap_or(0)
 }
 
-/// Holds the ledger row of `gateway_id` locked in a transaction of its own: every batch of that
-/// gateway then waits inside its transaction, between BEGIN and COMMIT.
-fn lock_ledger_row(pg: &Postgres, gateway_id: &str) -> std::process::Child {
+/// Holds the ledger row of `gateway_id` locked in a transaction of its own (every batch of that
+/// gateway then waits inside its transaction, between BEGIN and COMMIT); returns the session and
+/// its backend's pid once the lock is held.
+fn lock_ledger_row(pg: &Postgres, gateway_id: &str) -> (std::process::Child, String) {
     let mut session = pg.psql_session();
     let stdin = session.stdin.as_mut().expect("stdin");
     writeln!(
         stdin,
-        "BEGIN; SELECT 1 FROM gateway_ledger WHERE gateway_id = '{gateway_id}' FOR UPDATE;"
+        "SET application_name = 'lock-holder'; BEGIN; \
+         SELECT 1 FROM gateway_ledger WHERE gateway_id = '{gateway_id}' FOR UPDATE;"
     )
     .expect("psql");
     stdin.flush().expect("psql");
-    session
+    // Held once the session sits idle in its transaction (the SELECT … FOR UPDATE returned).
+    let mut pid = String::new();
+    wait_for(
+        "the lock holder to hold the row",
+        Duration::from_secs(30),
+        || {
+            pid = pg.psql(
+                "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = 'lock-holder' AND state = 'idle in transaction'",
+            );
+            !pid.is_empty()
+        },
+    );
+    (session, pid)
 }
 
-/// The replica whose PostgreSQL backend waits for a lock, inside a batch's transaction.
-fn replica_waiting_in_a_transaction(pg: &Postgres) -> Option<String> {
-    let name = pg.psql(
+/// The replica whose PostgreSQL backend waits, inside a batch's transaction, for the lock
+/// `holder` (a backend pid) holds.
+fn replica_blocked_by(pg: &Postgres, holder: &str) -> Option<String> {
+    let name = pg.psql(&format!(
         "SELECT application_name FROM pg_stat_activity \
-         WHERE application_name LIKE 'ingest-%' AND wait_event_type = 'Lock' \
-           AND state = 'active' AND xact_start IS NOT NULL LIMIT 1",
-    );
+         WHERE application_name LIKE 'ingest-%' AND xact_start IS NOT NULL \
+           AND {holder} = ANY(pg_blocking_pids(pid)) LIMIT 1"
+    ));
     (!name.is_empty()).then_some(name)
 }
 
@@ -272,13 +288,13 @@ fn every_acknowledged_press_reaches_postgres_exactly_once_through_faults_on_ever
     faults.push(format!("{:?}: acks lost, link cut", started.elapsed()));
 
     // 2. A replica is killed (SIGKILL) while a batch's transaction is open in PostgreSQL.
-    let mut lock = lock_ledger_row(&pg, "gw-a");
+    let (mut lock, holder) = lock_ledger_row(&pg, "gw-a");
     let mut victim = None;
     wait_for(
         "a replica waiting inside a transaction",
         Duration::from_secs(30),
         || {
-            victim = replica_waiting_in_a_transaction(&pg);
+            victim = replica_blocked_by(&pg, &holder);
             victim.is_some()
         },
     );
@@ -400,6 +416,13 @@ fn every_acknowledged_press_reaches_postgres_exactly_once_through_faults_on_ever
     assert!(
         duplicates > 0,
         "no redelivery was absorbed: the faults did not test exactly-once; faults {faults:#?}"
+    );
+    // The killed replica's batch was rolled back and never acknowledged: the broker sent it
+    // again to the replica's session when it came back.
+    let comeback = replicas[index].log();
+    assert!(
+        comeback.contains(" of gw-a: "),
+        "{victim} wrote no batch of gw-a after its restart:\n{comeback}"
     );
     let handled: Vec<usize> = replicas
         .iter()
