@@ -30,7 +30,6 @@ use crate::uplink::mqtt::{
     Delivery, SubscriberEvent, SubscriberSettings, Subscription, UplinkError,
 };
 use crate::uplink::payload::{self, BatchPayload};
-use crate::uplink::{CaSource, TlsSettings};
 
 /// The largest batch accepted: the gateway's `max-payload-size` limit.
 const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
@@ -51,14 +50,7 @@ pub fn subscriber_settings(mqtt: &MqttSettings) -> SubscriberSettings {
     SubscriberSettings {
         host: mqtt.host.clone(),
         port: mqtt.port,
-        tls: mqtt.tls.then(|| TlsSettings {
-            ca: match &mqtt.ca_file {
-                Some(path) => CaSource::File(path.clone()),
-                None => CaSource::System,
-            },
-            client_auth: mqtt.client_cert.clone(),
-            alpn: Vec::new(),
-        }),
+        tls: mqtt.tls_settings(),
         credentials: mqtt.credentials.clone(),
         client_id: mqtt.client_id.clone(),
         filter: mqtt.shared_filter(),

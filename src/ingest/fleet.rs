@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::MqttSettings;
 use crate::uplink::batch;
 use crate::uplink::payload::{encode, DroppedRange, PayloadFormat, WireVote};
-use crate::uplink::{CaSource, TlsSettings, UplinkSettings};
+use crate::uplink::UplinkSettings;
 
 /// How often each button is pressed, in per cent (button 1 = very unhappy … 4 = very happy).
 pub const BUTTON_WEIGHTS: [u32; 4] = [10, 15, 40, 35];
@@ -214,14 +214,7 @@ impl FleetParams {
         UplinkSettings {
             host: mqtt.host.clone(),
             port: mqtt.port,
-            tls: mqtt.tls.then(|| TlsSettings {
-                ca: match &mqtt.ca_file {
-                    Some(path) => CaSource::File(path.clone()),
-                    None => CaSource::System,
-                },
-                client_auth: mqtt.client_cert.clone(),
-                alpn: Vec::new(),
-            }),
+            tls: mqtt.tls_settings(),
             username,
             password_file,
             client_id: gateway_id.to_string(),
@@ -1181,7 +1174,7 @@ mod tests {
         assert_eq!(settings.client_id, "sim-0007");
         assert_eq!(settings.username.as_deref(), Some("u"));
         let tls = settings.tls.expect("TLS");
-        assert_eq!(tls.ca, CaSource::File("/ca.pem".into()));
+        assert_eq!(tls.ca, crate::uplink::CaSource::File("/ca.pem".into()));
         assert!(tls.client_auth.is_some());
         let sim = sim_without(p);
         assert_eq!((sim.gateway_id(), sim.site()), ("sim-0001", "site-1"));

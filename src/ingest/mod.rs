@@ -84,6 +84,18 @@ impl MqttSettings {
     pub fn shared_filter(&self) -> String {
         format!("$share/{}/{}", self.group, self.topic)
     }
+
+    /// The TLS settings of this `[mqtt]` (none with `tls = false`), as the uplink takes them.
+    pub fn tls_settings(&self) -> Option<crate::uplink::TlsSettings> {
+        self.tls.then(|| crate::uplink::TlsSettings {
+            ca: match &self.ca_file {
+                Some(path) => crate::uplink::CaSource::File(path.clone()),
+                None => crate::uplink::CaSource::System,
+            },
+            client_auth: self.client_cert.clone(),
+            alpn: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
