@@ -184,6 +184,26 @@ pub struct TalliesSnapshot {
     pub terminals: BTreeMap<TerminalId, Windows>,
 }
 
+impl TalliesSnapshot {
+    /// Whether `other` holds the same tallies, whenever each was computed: a screen need not
+    /// hear of a snapshot that differs only in `generated_at`.
+    pub fn same_tallies(&self, other: &TalliesSnapshot) -> bool {
+        let TalliesSnapshot {
+            generated_at: _,
+            time_zone,
+            day_start,
+            hour_axes,
+            site,
+            terminals,
+        } = self;
+        *time_zone == other.time_zone
+            && *day_start == other.day_start
+            && *hour_axes == other.hour_axes
+            && *site == other.site
+            && *terminals == other.terminals
+    }
+}
+
 /// Opening hours: per weekday (Monday first), the open intervals in local time. An interval whose
 /// end is not after its start runs past midnight into the next day.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -323,7 +323,8 @@ impl Follower {
         let now = now_ms(&*self.clock);
         self.tallies.prune(now);
         let snapshot = Arc::new(self.tallies.snapshot(now));
-        if **self.snapshot.borrow() != *snapshot {
+        // Rolls that change nothing are not news (every snapshot differs in `generated_at`).
+        if !self.snapshot.borrow().same_tallies(&snapshot) {
             self.feed.publish(LiveEvent {
                 id: None,
                 kind: "tallies",
@@ -344,5 +345,95 @@ impl Follower {
             }
             Err(err) => log::error!("tallies cannot rebuild from the journal: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::journal::{spawn, Journal, Limits};
+    use crate::model::{Button, Press, PressTime};
+    use jiff::tz::TimeZone;
+
+    /// 2026-11-18 08:06:40 in Berlin: no day or hour boundary within the test's 20 minutes.
+    const MORNING_MS: u64 = 1_795_000_000_000;
+
+    fn press_at(clock: &FakeClock) -> Press {
+        let now = clock.now();
+        Press {
+            terminal: TerminalId::new("entrance").expect("id"),
+            button: Button::Happy,
+            term_seq: Some(1),
+            at: PressTime {
+                ts_ms: now.wall_ms,
+                clock_synced: true,
+                boot_id: now.boot_id,
+                mono_ms: now.mono_ms,
+            },
+            filtered: false,
+        }
+    }
+
+    /// Lets `minutes` of rolls happen, the wall clock keeping pace with tokio's paused one.
+    async fn let_minutes_pass(clock: &FakeClock, minutes: u64) {
+        for _ in 0..minutes * 2 {
+            clock.advance_ms(30_000);
+            tokio::time::sleep(ROLL_EVERY).await;
+        }
+    }
+
+    fn kinds(events: &mut broadcast::Receiver<Arc<LiveEvent>>) -> Vec<&'static str> {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .map(|event| event.kind)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn screens_hear_of_a_roll_only_when_it_changes_the_windows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal =
+            spawn(Journal::open(dir.path(), Limits::default()).expect("open")).expect("spawn");
+        let clock = Arc::new(FakeClock::new(MORNING_MS));
+        let shutdown = CancellationToken::new();
+        let rules = TallyRules::new(
+            TimeZone::get("Europe/Berlin").expect("tzdb"),
+            "Europe/Berlin",
+        );
+        let terminals = vec![TerminalId::new("entrance").expect("id")];
+        let (output, follower) = start(
+            rules,
+            terminals,
+            journal.handle(),
+            journal.subscribe(),
+            clock.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("tallies");
+        let (_, mut events) = output.feed.subscribe(None);
+        let follower = tokio::spawn(follower);
+
+        let_minutes_pass(&clock, 5).await;
+        assert_eq!(kinds(&mut events), Vec::<&str>::new(), "an idle site");
+
+        journal
+            .handle()
+            .append(press_at(&clock))
+            .await
+            .expect("append");
+        let_minutes_pass(&clock, 1).await;
+        assert_eq!(kinds(&mut events), ["vote"]);
+        assert_eq!(output.snapshot.borrow().site.last_15m.total(), 1);
+
+        // The vote leaves the last 15 minutes: that roll is news, the others are not.
+        let_minutes_pass(&clock, 15).await;
+        assert_eq!(kinds(&mut events), ["tallies"]);
+        assert_eq!(output.snapshot.borrow().site.last_15m.total(), 0);
+        assert_eq!(output.snapshot.borrow().site.last_60m.total(), 1);
+
+        shutdown.cancel();
+        follower.await.expect("follower");
+        journal.shutdown().await.expect("journal");
     }
 }

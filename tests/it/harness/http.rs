@@ -120,18 +120,31 @@ fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
 }
 
 fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    next_chunk(reader).ok().flatten()
+}
+
+/// The next chunk of a chunked body; `Ok(None)` when the body ended (the last chunk, or the
+/// connection closed between chunks), an error when a read failed or timed out.
+fn next_chunk(reader: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
     let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
+    if reader
+        .read_line(&mut line)
+        .map_err(|e| format!("reading a chunk's size: {e}"))?
+        == 0
+    {
+        return Ok(None);
     }
-    let size = usize::from_str_radix(line.trim(), 16).ok()?;
+    let size = usize::from_str_radix(line.trim(), 16)
+        .map_err(|e| format!("a chunk size {line:?}: {e}"))?;
     if size == 0 {
-        return None;
+        return Ok(None);
     }
     let mut chunk = vec![0; size + 2]; // data + CRLF
-    reader.read_exact(&mut chunk).ok()?;
+    reader
+        .read_exact(&mut chunk)
+        .map_err(|e| format!("reading a chunk of {size} bytes: {e}"))?;
     chunk.truncate(size);
-    Some(chunk)
+    Ok(Some(chunk))
 }
 
 /// One server-sent event.
@@ -179,27 +192,50 @@ impl EventStream {
     /// The next event (comments skipped), or `None` when the stream ends or times out.
     pub fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(end) = self.pending.find("\n\n") {
-                let block: String = self.pending.drain(..end + 2).collect();
-                let mut event = Event::default();
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    }
-                }
-                if (event.event.is_empty() && data.is_empty()) || event.event == "ping" {
-                    continue; // a keep-alive or a retry hint
-                }
-                event.data = data.join("\n");
+            if let Some(event) = self.take_event() {
                 return Some(event);
             }
             let chunk = read_chunk(&mut self.reader)?;
             self.pending.push_str(&String::from_utf8_lossy(&chunk));
         }
+    }
+
+    /// Reads until the server ends the stream; returns the events sent before the end, or an
+    /// error when it does not end within the read timeout.
+    pub fn read_to_end(&mut self) -> Result<Vec<Event>, String> {
+        let mut events = Vec::new();
+        loop {
+            while let Some(event) = self.take_event() {
+                events.push(event);
+            }
+            match next_chunk(&mut self.reader)? {
+                Some(chunk) => self.pending.push_str(&String::from_utf8_lossy(&chunk)),
+                None => return Ok(events),
+            }
+        }
+    }
+
+    /// The first complete event in what was read, keep-alives and retry hints skipped.
+    fn take_event(&mut self) -> Option<Event> {
+        while let Some(end) = self.pending.find("\n\n") {
+            let block: String = self.pending.drain(..end + 2).collect();
+            let mut event = Event::default();
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    event.id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if (event.event.is_empty() && data.is_empty()) || event.event == "ping" {
+                continue; // a keep-alive or a retry hint
+            }
+            event.data = data.join("\n");
+            return Some(event);
+        }
+        None
     }
 }

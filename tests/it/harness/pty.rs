@@ -22,48 +22,52 @@ pub struct Pty {
 
 impl Pty {
     /// Opens a new pty in raw mode with a non-blocking master.
+    ///
+    /// Both ends are opened close-on-exec (`openpty` cannot): a child process another test
+    /// spawns at that moment (a gateway, a simulator) would otherwise inherit the master and keep
+    /// the line alive after an unplug. The slave's name comes from `ptsname_r` into our own
+    /// buffer: `ttyname`'s static buffer is shared by every thread, and tests opening ptys at
+    /// once got each other's names (two gateways on one line, a test's presses never counted).
     pub fn open() -> std::io::Result<Pty> {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: openpty writes two fds; the name/termios/winsize pointers may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: posix_openpt returns a new fd or -1.
+        let master = unsafe { libc::posix_openpt(flags | libc::O_NONBLOCK) };
+        if master < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: both fds were just returned by openpty and are owned by nobody else.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        // SAFETY: plain termios calls on a valid tty fd; ttyname returns a static buffer we copy.
+        // SAFETY: the fd was just returned by posix_openpt and is owned by nobody else.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: calls on a valid master fd; ptsname_r writes a NUL-terminated name into our
+        // buffer of the given length.
         let path = unsafe {
+            if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let rc = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            CStr::from_ptr(name.as_ptr()).to_owned()
+        };
+        // SAFETY: opening a NUL-terminated path; the fd is checked before use.
+        let slave = unsafe { libc::open(path.as_ptr(), flags) };
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the fd was just returned by open and is owned by nobody else.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        // SAFETY: plain termios calls on a valid tty fd.
+        unsafe {
             let mut termios: libc::termios = std::mem::zeroed();
             libc::tcgetattr(slave.as_raw_fd(), &mut termios);
             libc::cfmakeraw(&mut termios);
             libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &termios);
-            let name = libc::ttyname(slave.as_raw_fd());
-            if name.is_null() {
-                return Err(std::io::Error::last_os_error());
-            }
-            PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned())
-        };
-        // SAFETY: fcntl on valid fds. Close-on-exec matters: a child process (the gateway, a
-        // simulator) inheriting the master would keep the line alive after an unplug.
-        unsafe {
-            let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-            libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-            libc::fcntl(slave.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
         }
         drop(slave);
         Ok(Pty {
             master,
-            slave: path,
+            slave: PathBuf::from(path.to_string_lossy().into_owned()),
         })
     }
 
