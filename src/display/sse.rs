@@ -1,9 +1,10 @@
 //! `GET /api/v1/events`: server-sent events. Each accepted vote is an event `vote` with the
-//! vote's seq as id and the new tallies; the windows rolling produce `tallies` events; a screen
+//! vote's seq as id and the new tallies; the windows rolling produce `tallies` events (only when
+//! a count changed); a screen
 //! that connects fresh, missed more than the replay buffer, or names a `Last-Event-ID` this
 //! gateway never sent (ahead of its journal: data folder wiped, gateway swapped) first gets a
 //! `reset` with the full tallies. `Last-Event-ID` (sent by browsers when they reconnect) replays
-//! what was missed. A `ping` event every [`KEEP_ALIVE`] lets a page tell a live stream from a
+//! the vote events missed, then a `tallies` event with the tallies as they are now. A `ping` event every [`KEEP_ALIVE`] lets a page tell a live stream from a
 //! dead one (comments are invisible to `EventSource`).
 
 use std::convert::Infallible;
@@ -70,9 +71,13 @@ pub async fn events(State(state): State<DisplayState>, headers: HeaderMap) -> Re
     let (first, last_sent): (Vec<Event>, Option<Seq>) = match catchup {
         Catchup::Replay(events) => {
             let last = events.last().and_then(|e| e.id).or(last_id);
-            (events.iter().map(|e| to_event(e)).collect(), last)
+            // Rolls are not replayed: the tallies as they are now close the catch-up, or a
+            // screen away while a vote left a window would show it until the next change.
+            let mut first: Vec<Event> = events.iter().map(|e| to_event(e)).collect();
+            first.push(snapshot_event(&state, "tallies"));
+            (first, last)
         }
-        Catchup::Snapshot => (vec![reset(&state)], None),
+        Catchup::Snapshot => (vec![snapshot_event(&state, "reset")], None),
     };
     let follow = Follow {
         receiver,
@@ -99,10 +104,11 @@ fn to_event(event: &LiveEvent) -> Event {
     sse
 }
 
-fn reset(state: &DisplayState) -> Event {
+/// The current tallies as a `reset` or `tallies` event.
+fn snapshot_event(state: &DisplayState, kind: &'static str) -> Event {
     let snapshot = state.tallies.snapshot.borrow().clone();
     Event::default()
-        .event("reset")
+        .event(kind)
         .data(serde_json::to_string(&*snapshot).unwrap_or_default())
         .retry(RETRY)
 }
@@ -139,7 +145,7 @@ impl Follow {
                         return Some((Ok(sse), follow));
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let sse = reset(&follow.state);
+                        let sse = snapshot_event(&follow.state, "reset");
                         return Some((Ok(sse), follow));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,

@@ -16,8 +16,9 @@
 //!
 //! At open the files are scanned frame by frame. Blocks at or after the checkpoint's tail were
 //! appended by a checkpoint that did not finish (their votes are in the write-ahead log): they are
-//! cut off. A frame that is torn or corrupt before that point is an error: acknowledged votes
-//! would be missing.
+//! cut off, whatever a power cut left there. A frame that is torn or corrupt between the head
+//! (the oldest vote not yet acknowledged) and the tail is an error, and nothing is cut or removed
+//! then: votes the journal holds would be missing. Below the head it only ends what is kept.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -144,25 +145,20 @@ impl Segments {
             .filter_map(|e| Some((parse_file_name(e.file_name().to_str()?)?, e.path())))
             .collect();
         names.sort();
-        let mut segments = Segments {
-            dir,
-            max_bytes,
-            files: BTreeMap::new(),
-        };
+        // Every file is read before any is cut or removed: if the blocks the journal needs are
+        // not all there, the files stay as they were for whoever looks into it.
+        let mut plans = Vec::new();
         let mut found = Vec::new();
         let mut expected = None;
-        let mut changed = false;
         for (first, path) in names {
             if first >= tail_first {
-                remove_file(&path)?;
-                changed = true;
+                plans.push((first, path, None));
                 continue;
             }
             let (blocks, keep) = scan(&path, first, head, tail_first)?;
             let end = blocks.last().map_or(first, |b| b.first + b.count);
             if end <= head {
-                remove_file(&path)?;
-                changed = true;
+                plans.push((first, path, None));
                 continue;
             }
             if let Some(expected) = expected.filter(|e| !continues(*e, first, head)) {
@@ -171,6 +167,23 @@ impl Segments {
                     problem: format!("starts at seq {first}, the file before ends at {expected}"),
                 });
             }
+            expected = Some(end);
+            found.extend(blocks);
+            plans.push((first, path, Some((keep, end))));
+        }
+        check_coverage(&dir, &found, head, tail_first)?;
+        let mut segments = Segments {
+            dir,
+            max_bytes,
+            files: BTreeMap::new(),
+        };
+        let mut changed = false;
+        for (first, path, plan) in plans {
+            let Some((keep, end)) = plan else {
+                remove_file(&path)?;
+                changed = true;
+                continue;
+            };
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -181,8 +194,6 @@ impl Segments {
                 file.set_len(keep).map_err(io("cannot truncate", &path))?;
                 file.sync_all().map_err(io("cannot fsync", &path))?;
             }
-            expected = Some(end);
-            found.extend(blocks);
             segments.files.insert(
                 first,
                 Segment {
@@ -328,6 +339,28 @@ fn remove_file(path: &Path) -> Result<(), SegmentError> {
     }
 }
 
+/// Checks that `found` holds every vote from `head` up to `tail_first` (the votes buffered and
+/// not yet acknowledged that the checkpoint sealed).
+fn check_coverage(
+    dir: &Path,
+    found: &[Found],
+    head: Seq,
+    tail_first: Seq,
+) -> Result<(), SegmentError> {
+    let covered_from = found.first().map_or(tail_first, |b| b.first);
+    let covered_to = found.last().map_or(tail_first, |b| b.first + b.count);
+    if head < tail_first && (covered_from > head || covered_to != tail_first) {
+        return Err(SegmentError::Corrupt {
+            path: dir.to_path_buf(),
+            problem: format!(
+                "the files hold seqs {covered_from}..{covered_to}, the journal needs \
+                 {head}..{tail_first}; nothing was changed"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Whether a block at `first` may follow blocks ending at `expected`: right after them, or after
 /// a gap wholly below `head` (blocks acknowledged before a checkpoint wrote them are never
 /// written).
@@ -363,7 +396,9 @@ fn scan(
         let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let seq = Seq::from_le_bytes(frame[8..16].try_into().unwrap_or_default());
-        let value = content.get(offset + FRAME..offset + FRAME + len);
+        let value = (offset + FRAME)
+            .checked_add(len)
+            .and_then(|end| content.get(offset + FRAME..end));
         // A block is never empty; an all-zero frame would otherwise pass (the CRC of nothing).
         let intact = len > 0 && value.is_some_and(|v| crc32fast::hash(v) == crc);
         if !intact || seq >= tail_first {
@@ -534,7 +569,42 @@ mod tests {
             err.to_string().contains("block 1 is missing or corrupt"),
             "{err}"
         );
-        // Below the head the same damage does not matter: those votes were acknowledged.
-        assert!(Segments::open(dir.path(), 1 << 20, 5, 9).is_ok());
+        // Damage below the head ends what is kept; if a needed block is behind it, that is an
+        // error too, and the file is left as it was.
+        let damaged = std::fs::read(&path).expect("read");
+        let err = Segments::open(dir.path(), 1 << 20, 5, 9)
+            .err()
+            .expect("block 5 is behind the damage");
+        assert!(
+            err.to_string()
+                .contains("the journal needs 5..9; nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), damaged);
+        // Once everything is acknowledged, the damage does not matter.
+        let (segments, found) = Segments::open(dir.path(), 1 << 20, 9, 9).expect("open");
+        assert!(found.is_empty() && segments.files.is_empty());
+        assert!(!path.exists());
+    }
+
+    /// Blocks acknowledged before a checkpoint sealed them are never written, so a file can end
+    /// below the head and the next checkpoint's frame (torn by a cut: zeros) follow there.
+    #[test]
+    fn zeros_below_the_head_end_the_file_cleanly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut segments, _) = Segments::open(dir.path(), 1 << 20, 1, 1).expect("open");
+        append(&mut segments, 1, 4);
+        drop(segments);
+        let path = dir.path().join(SEGMENTS_DIR).join(file_name(1));
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend(std::iter::repeat_n(0u8, 4096));
+        let later = value(9, 4);
+        bytes.extend_from_slice(&(later.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&later).to_le_bytes());
+        bytes.extend_from_slice(&9u64.to_le_bytes());
+        bytes.extend(later);
+        std::fs::write(&path, bytes).expect("write");
+        let (segments, found) = Segments::open(dir.path(), 1 << 20, 9, 9).expect("reopen");
+        assert!(found.is_empty() && segments.files.is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! The live feed behind `GET /api/v1/events`: every accepted vote (with the tallies it produced)
-//! and every periodic tally update, serialised once and shared by all screens. The last
+//! and every tally update of the windows rolling, serialised once and shared by all screens. The last
 //! [`REPLAY_CAPACITY`] vote events are kept so that a reconnecting screen gets exactly what it
 //! missed (`Last-Event-ID`); one that was away longer, or names an id this gateway has not
 //! given out (it is ahead of the journal: the data folder was wiped, the gateway swapped), gets

@@ -356,7 +356,7 @@ mod tests {
     use crate::model::{Button, Press, PressTime};
     use jiff::tz::TimeZone;
 
-    /// 2026-11-18 08:06:40 in Berlin: no day or hour boundary within the test's 20 minutes.
+    /// 2026-11-18 12:06:40 in Berlin: no day boundary within the test's 21 minutes.
     const MORNING_MS: u64 = 1_795_000_000_000;
 
     fn press_at(clock: &FakeClock) -> Press {
@@ -384,9 +384,14 @@ mod tests {
     }
 
     fn kinds(events: &mut broadcast::Receiver<Arc<LiveEvent>>) -> Vec<&'static str> {
-        std::iter::from_fn(|| events.try_recv().ok())
-            .map(|event| event.kind)
-            .collect()
+        let mut kinds = Vec::new();
+        loop {
+            match events.try_recv() {
+                Ok(event) => kinds.push(event.kind),
+                Err(broadcast::error::TryRecvError::Empty) => return kinds,
+                Err(err) => panic!("the screen's receiver: {err}"),
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

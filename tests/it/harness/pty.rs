@@ -183,7 +183,13 @@ fn relay(
     let mut stats = LineStats::default();
     let mut buffer = [0u8; 4096];
     loop {
-        while let Ok(command) = inbox.try_recv() {
+        loop {
+            let command = match inbox.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::TryRecvError::Empty) => break,
+                // The line was dropped without `stop`: nobody reads the counters.
+                Err(mpsc::TryRecvError::Disconnected) => return stats,
+            };
             match command {
                 Command::Inject {
                     toward_gateway,
@@ -197,8 +203,10 @@ fn relay(
                     }
                 }
                 Command::Unplug => {
-                    gateway = None;
+                    // The link goes first: a pty's number is free again as soon as it closes,
+                    // and a gateway retrying the link must not find another test's pty there.
                     let _ = std::fs::remove_file(link);
+                    gateway = None;
                 }
                 Command::Replug => {
                     let pty = Pty::open().expect("replugged pty");
