@@ -144,7 +144,8 @@ pub enum Step {
     LogRecordWritten,
     /// A checkpoint's sealed blocks are durable in their segment file, sled not written yet.
     BlocksWritten,
-    /// Between two sled batches of a checkpoint too large for one.
+    /// After a sled batch of a checkpoint's window and count changes, before the batch with
+    /// its tail, dropped ranges and meta.
     CheckpointHalfway,
     /// A checkpoint is durable.
     CheckpointWritten,
@@ -1014,13 +1015,18 @@ impl OpenJournal {
             epoch: self.checkpoint.epoch + 1,
             ..self.meta
         };
-        writes.push(Write::Put(
-            record::TAIL_KEY.to_vec(),
-            block::encode_block(&self.tail.stream),
-        ));
-        writes.push(drops_write(&self.drops));
-        writes.push(Write::Put(record::META_KEY.to_vec(), meta.encode()));
-        self.write_batches(writes, limits, dir)?;
+        // The tail and the dropped ranges must change with the meta record, in one batch: a
+        // SIGKILL can leave sled with the batches before the last (its buffers written, not
+        // flushed), and a tail ahead of its meta made the journal refuse to open.
+        let last = [
+            Write::Put(
+                record::TAIL_KEY.to_vec(),
+                block::encode_block(&self.tail.stream),
+            ),
+            drops_write(&self.drops),
+            Write::Put(record::META_KEY.to_vec(), meta.encode()),
+        ];
+        self.write_batches(writes, last, limits, dir)?;
         self.store.make_durable().map_err(|e| storage(dir, e))?;
         self.checkpoint = meta;
         self.meta.epoch = meta.epoch;
@@ -1037,28 +1043,31 @@ impl OpenJournal {
         Ok(())
     }
 
-    /// Applies `writes` in sled batches of at most `batch_ops`, in order: the last batch (the
-    /// meta record) is the one that counts, the others only add what replay tolerates.
+    /// Applies `writes` in sled batches of at most `batch_ops`, in order, then `last` (tail,
+    /// dropped ranges and meta) as one batch: that is the one that counts, the others only add
+    /// what replay tolerates.
     fn write_batches(
         &mut self,
         writes: Vec<Write>,
+        last: [Write; 3],
         limits: &Limits,
         dir: &Path,
     ) -> Result<(), JournalError> {
         let per_batch = limits.tuning.batch_ops.max(2);
-        let batches = writes.len().div_ceil(per_batch);
-        let mut writes = writes.into_iter();
-        for n in 0..batches {
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
             let mut batch = WriteBatch::default();
             for write in writes.by_ref().take(per_batch) {
                 write.add_to(&mut batch);
             }
             self.store.apply(batch).map_err(|e| storage(dir, e))?;
-            if n + 1 < batches {
-                step(limits, Step::CheckpointHalfway);
-            }
+            step(limits, Step::CheckpointHalfway);
         }
-        Ok(())
+        let mut batch = WriteBatch::default();
+        for write in last {
+            write.add_to(&mut batch);
+        }
+        self.store.apply(batch).map_err(|e| storage(dir, e))
     }
 
     /// Forgets the blocks wholly below `head` (their files go once the head is durable).
