@@ -702,7 +702,7 @@ impl OpenJournal {
             checkpoints: 0,
             compacted_at: 0,
         };
-        open.load_blocks(dir, found, head)?;
+        open.load_blocks(found);
         open.load_records(dir)?;
         open.replay(records, log_end, limits);
         open.recount();
@@ -711,26 +711,9 @@ impl OpenJournal {
         Ok(open)
     }
 
-    /// Takes the sealed blocks found in the segment files; they must hold every buffered vote
-    /// before the tail.
-    fn load_blocks(
-        &mut self,
-        dir: &Path,
-        found: Vec<segments::Found>,
-        head: Seq,
-    ) -> Result<(), JournalError> {
-        let tail_first = self.meta.tail_first;
-        let covered_from = found.first().map_or(tail_first, |b| b.first);
-        let covered_to = found.last().map_or(tail_first, |b| b.first + b.count);
-        if head < tail_first && (covered_from > head || covered_to != tail_first) {
-            return Err(corrupt(
-                dir,
-                "blocks",
-                RecordError::Corrupt(format!(
-                    "the block files hold seqs {covered_from}..{covered_to}, the journal needs {head}..{tail_first}"
-                )),
-            ));
-        }
+    /// Takes the sealed blocks found in the segment files ([`Segments::open`] has checked that
+    /// they hold every buffered vote before the tail).
+    fn load_blocks(&mut self, found: Vec<segments::Found>) {
         for block in found {
             self.blocks.insert(
                 block.first,
@@ -742,7 +725,6 @@ impl OpenJournal {
                 },
             );
         }
-        Ok(())
     }
 
     /// Loads tail, duplicate window and counts from sled.
